@@ -1,0 +1,68 @@
+"""The ``stablehand`` command line: ``serve`` runs the daemon in the foreground.
+
+Exit codes: 0 clean stop; 78 (EX_CONFIG) for a bad setting, with a message
+naming it; 1 when the daemon cannot start for another reason (a second daemon
+on the same state dir, a port in use...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from . import config as config_module
+from . import logs, systemd
+from .registry import RegistryError
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="run the daemon in the foreground (systemd's way)")
+    serve.add_argument("--config", metavar="FILE", help="TOML config file")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="TCP address (default 127.0.0.1:9371; 'none' turns TCP off)")
+    serve.add_argument("--socket", metavar="PATH", help="Unix socket path ('none' turns it off)")
+    serve.add_argument("--state-dir", metavar="DIR", help="where the SQLite registry and output live")
+    serve.add_argument("--token-file", metavar="FILE", help="file holding the API bearer token")
+    serve.add_argument("--max-concurrent", metavar="N", help="running children at once (0 = no limit)")
+    serve.add_argument("--grace", metavar="SECONDS", help="default time between SIGTERM and SIGKILL (10)")
+    serve.add_argument("--shutdown", metavar="MODE", help="on SIGTERM: 'stop' children (default) or 'detach'")
+    serve.add_argument("--log-format", metavar="FORMAT", help="auto, json or console")
+    serve.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stablehand", description="Stablehand process supervisor")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _serve_parser(sub)
+    return parser
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .service import StartupError, serve
+    flags = {key: getattr(args, key) for key in config_module.SETTINGS if hasattr(args, key)}
+    sd = systemd.take_environment()
+    try:
+        config = config_module.load(flags, config_file=args.config)
+    except config_module.ConfigError as exc:
+        print(f"stablehand: {exc}", file=sys.stderr)
+        return config_module.EX_CONFIG
+    logs.configure(config.log_format, config.log_level)
+    try:
+        return asyncio.run(serve(config, sd))
+    except (StartupError, RegistryError) as exc:
+        print(f"stablehand: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return run_serve(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

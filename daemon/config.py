@@ -1,0 +1,283 @@
+"""One frozen Config, built from flags > environment (STABLEHAND_*) > TOML file > defaults.
+
+Every setting is declared once in ``SETTINGS`` with its parser, so a flag, an
+environment variable and a TOML key can never disagree on what a value means.
+A bad value raises :class:`ConfigError` naming the key; the CLI turns that into
+exit code 78 (EX_CONFIG). Nothing ever falls back to a default silently.
+
+Defaults make ``stablehand serve`` work out of the box:
+
+* state dir: ``$STATE_DIRECTORY`` (set by systemd's StateDirectory=), else
+  ``/var/lib/stablehand`` as root, else ``$XDG_STATE_HOME/stablehand``
+  (``~/.local/state/stablehand``);
+* socket: ``$RUNTIME_DIRECTORY/stablehand.sock`` under systemd, else
+  ``/run/stablehand/stablehand.sock`` as root, else
+  ``$XDG_RUNTIME_DIR/stablehand/stablehand.sock``, else ``<state dir>/stablehand.sock``;
+* TCP: 127.0.0.1:9371 (Cyrnel's port).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+EX_CONFIG = 78
+DEFAULT_PORT = 9371
+ENV_PREFIX = "STABLEHAND_"
+
+
+class ConfigError(Exception):
+    """A setting has a value Stablehand cannot use. ``key`` names the setting."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"invalid setting {key!r}: {message}")
+        self.key = key
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    state_dir: Path
+    listen: Listen | None
+    socket: Path | None
+    max_concurrent: int = 0          # 0 = no limit
+    grace: float = 10.0
+    token_file: Path | None = None
+    token: str | None = dataclasses.field(default=None, repr=False)
+    shutdown: str = "stop"           # stop | detach
+    allow_unmanaged: bool = False
+    max_body_bytes: int = 1024 * 1024
+    log_format: str = "auto"         # auto | json | console
+    log_level: str = "info"
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_dir / "stablehand.db"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.state_dir / "output"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.state_dir / "stablehand.lock"
+
+
+# --- value parsers: raw value (str from flags/env, native from TOML) -> typed ---
+
+def _text(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError("must be a string")
+    return raw
+
+
+def _path(raw: Any) -> Path:
+    text = _text(raw).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    return Path(text).expanduser()
+
+
+def _optional_path(raw: Any) -> Path | None:
+    text = _text(raw).strip()
+    if text.lower() in ("none", "off", ""):
+        return None
+    path = Path(text).expanduser()
+    if len(os.fsencode(str(path.absolute()))) >= 108:
+        raise ValueError("a Unix socket path must be shorter than 108 bytes")
+    return path
+
+
+def _listen(raw: Any) -> Listen | None:
+    text = _text(raw).strip()
+    if text.lower() in ("none", "off", ""):
+        return None
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT (or 'none')")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return Listen(host, port)
+
+
+def _non_negative_int(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise ValueError("must be an integer")
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{raw!r} is not an integer") from None
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _positive_int(raw: Any) -> int:
+    value = _non_negative_int(raw)
+    if value == 0:
+        raise ValueError("must be 1 or more")
+    return value
+
+
+def _seconds(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ValueError("must be a number of seconds")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{raw!r} is not a number of seconds") from None
+    if not (0 <= value <= 86400 * 7):
+        raise ValueError("must be between 0 and 604800 seconds")
+    return value
+
+
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = _text(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not a boolean (true/false)")
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        text = _text(raw).strip().lower()
+        if text not in choices:
+            raise ValueError(f"{raw!r} is not one of {', '.join(choices)}")
+        return text
+    return parse
+
+
+SETTINGS: dict[str, Callable[[Any], Any]] = {
+    "state_dir": _path,
+    "listen": _listen,
+    "socket": _optional_path,
+    "max_concurrent": _non_negative_int,
+    "grace": _seconds,
+    "token_file": _optional_path,
+    "shutdown": _choice("stop", "detach"),
+    "allow_unmanaged": _bool,
+    "max_body_bytes": _positive_int,
+    "log_format": _choice("auto", "json", "console"),
+    "log_level": _choice("debug", "info", "warning", "error"),
+}
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/stablehand")
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "stablehand"
+
+
+def default_socket(env: Mapping[str, str], state_dir: Path) -> Path:
+    if env.get("RUNTIME_DIRECTORY"):
+        return Path(env["RUNTIME_DIRECTORY"].split(":")[0]) / "stablehand.sock"
+    if os.geteuid() == 0:
+        return Path("/run/stablehand/stablehand.sock")
+    if env.get("XDG_RUNTIME_DIR"):
+        return Path(env["XDG_RUNTIME_DIR"]) / "stablehand" / "stablehand.sock"
+    return state_dir / "stablehand.sock"
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> Config:
+    """Build the Config. ``flags`` holds only the options given on the command line."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    file_values: dict[str, Any] = {}
+    config_file = config_file or env.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        file_values = _read_toml(Path(config_file))
+
+    values: dict[str, Any] = {}
+    for key, parse in SETTINGS.items():
+        for source, raw in (
+            ("flag", flags.get(key)),
+            ("env", env.get(ENV_PREFIX + key.upper())),
+            ("file", file_values.get(key)),
+        ):
+            if raw is None:
+                continue
+            try:
+                values[key] = parse(raw)
+            except ValueError as exc:
+                name = {"flag": f"--{key.replace('_', '-')}", "env": ENV_PREFIX + key.upper(),
+                        "file": key}[source]
+                raise ConfigError(name, str(exc)) from None
+            break
+
+    state_dir = values.pop("state_dir", None) or default_state_dir(env)
+    listen = values.pop("listen") if "listen" in values else Listen("127.0.0.1", DEFAULT_PORT)
+    socket = values.pop("socket") if "socket" in values else default_socket(env, state_dir)
+    token = _read_token(values["token_file"]) if values.get("token_file") else None
+    if listen is None and socket is None:
+        raise ConfigError("listen", "TCP and the Unix socket are both off: nothing to serve on")
+    if listen is not None and not listen.is_loopback and token is None:
+        raise ConfigError(
+            "listen",
+            f"{listen} is not a loopback address; serving it without a token would let anyone on "
+            "the network run programs here. Set --token-file, or listen on 127.0.0.1",
+        )
+    return Config(state_dir=state_dir.absolute(), listen=listen,
+                  socket=socket.absolute() if socket else None, token=token, **values)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(SETTINGS))
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown setting in {path}")
+    return data
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError("token_file", f"cannot read {path}: {exc.strerror}") from None
+    if not token:
+        raise ConfigError("token_file", f"{path} is empty")
+    return token

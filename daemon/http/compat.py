@@ -1,0 +1,251 @@
+"""Compatibility routes: each seed document's kill route, with its exact bodies and codes.
+
+They address processes by OS pid. A pid maps to the newest record that ran as
+that pid, and only a record whose process is still running under it is acted
+on; the action then goes through the supervisor like a native kill (the record
+moves through ``terminating`` to ``idle``/``canceled``).
+
+A pid Stablehand did not start is never signalled unless the operator set
+``allow_unmanaged = true``: by default 001 answers 404, 000 its 400 failure
+body, 002 403 if the process exists (404 if not), 003 404.
+
+Decisions where a document is silent:
+
+* 001 / 000 (a Flask server): a pid that is not a positive integer is a 400
+  (``{"error": "Invalid PID: ..."}``); ``force`` must be a boolean.
+* 000: ``timeout`` must be a number of seconds in [0, 3600]; anything else is its
+  400 failure body with an error saying why. The answer comes once the whole
+  tree is gone (SIGTERM, ``timeout``, SIGKILL).
+* 002: every malformed body is ``{"error": "Invalid pid"}``, the one 400 text the
+  document gives; SIGTERM only, never escalated (DELETE /api/v1/processes/{pid}
+  or a forced 001 can still finish such a process).
+* 003: a SIGKILL answers 204 once the process is gone; an unmanaged pid that may
+  not be signalled (with ``allow_unmanaged``) is its 500 failure body.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import ApiError, Conflict
+from ..model import Process, State, now_iso
+from ..supervisor import KILL_WAIT, Supervisor
+from . import parse
+from .keys import CONFIG, SUPERVISOR
+
+routes = web.RouteTableDef()
+
+MAX_GRACEFUL_TIMEOUT = 3600.0
+MAX_PID = 2**31 - 1
+
+
+def _supervisor(request: web.Request) -> Supervisor:
+    return request.app[SUPERVISOR]
+
+
+def _allow_unmanaged(request: web.Request) -> bool:
+    return request.app[CONFIG].allow_unmanaged
+
+
+def _pid_from_path(request: web.Request) -> int | None:
+    text = request.match_info["pid"]
+    if text.isascii() and text.isdigit() and 0 < int(text) <= MAX_PID:
+        return int(text)
+    return None
+
+
+async def _running_record(supervisor: Supervisor, pid: int) -> tuple[Process | None, bool]:
+    """(newest record for pid, whether its process is running under that pid now)."""
+    record = await supervisor.record_for_pid(pid)
+    if record is None:
+        return None, False
+    return record, record.state is State.RUNNING and supervisor.is_live_leader(record)
+
+
+async def _body_or_none(request: web.Request) -> dict[str, Any] | None:
+    """The body as an object; None if it is not one (the caller answers in its own words)."""
+    try:
+        return await parse.json_object(request)
+    except ApiError:
+        return None
+
+
+# --- 001: reference-server, POST /api/processes/terminate/<int:pid> ---------------------
+
+@routes.post("/api/processes/terminate/{pid}")
+async def terminate(request: web.Request) -> web.Response:
+    pid = _pid_from_path(request)
+    if pid is None:
+        return web.json_response({"error": f"Invalid PID: {request.match_info['pid']}"}, status=400)
+    supervisor = _supervisor(request)
+    record, running = await _running_record(supervisor, pid)
+    not_found = web.json_response({"error": f"Process not found: PID {pid}"}, status=404)
+    if record is not None and not running:
+        return web.json_response({"error": f"Process already terminated: PID {pid}"}, status=400)
+    body = await _body_or_none(request)
+    if body is None or not isinstance(body.get("force", False), bool):
+        return web.json_response({"error": "'force' must be a boolean"}, status=400)
+    sig = signal.SIGKILL if body.get("force", False) else signal.SIGTERM
+    try:
+        if record is None:
+            if not _allow_unmanaged(request):
+                return not_found
+            await supervisor.signal_unmanaged(pid, sig)
+        else:
+            await supervisor.stop(record.id, sig=sig, grace=0 if sig == signal.SIGKILL else None)
+    except Conflict:
+        return web.json_response({"error": f"Process already terminated: PID {pid}"}, status=400)
+    except ProcessLookupError:
+        return not_found
+    except OSError as exc:
+        return web.json_response({"error": f"Failed to terminate process: {exc.strerror or exc}"},
+                                 status=500)
+    return web.json_response({"success": True, "pid": pid, "status": "terminated",
+                              "message": "Process terminated successfully", "timestamp": now_iso()})
+
+
+# --- 000: reference-server, POST /api/process/terminate-gracefully/<int:pid> ------------
+
+@routes.post("/api/process/terminate-gracefully/{pid}")
+async def terminate_gracefully(request: web.Request) -> web.Response:
+    pid = _pid_from_path(request)
+    if pid is None:
+        return web.json_response({"error": f"Invalid PID: {request.match_info['pid']}"}, status=400)
+
+    def failed(error: str | None = None) -> web.Response:
+        return web.json_response({"success": False,
+                                  "error": error or f"Failed to terminate process {pid}",
+                                  "pid": pid, "timestamp": now_iso()}, status=400)
+
+    body = await _body_or_none(request)
+    if body is None:
+        return failed("Invalid request body: must be a JSON object")
+    timeout = body.get("timeout", 30)
+    try:
+        timeout = parse.number(timeout, "timeout", maximum=MAX_GRACEFUL_TIMEOUT)
+    except ApiError:
+        return failed(f"Invalid timeout: must be a number of seconds from 0 to {MAX_GRACEFUL_TIMEOUT:g}")
+    supervisor = _supervisor(request)
+    record, running = await _running_record(supervisor, pid)
+    try:
+        if record is None and _allow_unmanaged(request):
+            gone = await supervisor.signal_unmanaged(pid, signal.SIGTERM, grace=timeout)
+        elif not running:
+            return failed()
+        else:
+            await supervisor.stop(record.id, grace=timeout)
+            final, gone = await supervisor.wait(record.id, timeout + KILL_WAIT + 1)
+    except (Conflict, OSError):
+        return failed()
+    if not gone:
+        return failed()
+    return web.json_response({"success": True, "message": f"Process {pid} terminated successfully",
+                              "pid": pid, "timestamp": now_iso()})
+
+
+# --- 002: psys, POST /api/connections/kill ------------------------------------------------
+
+def _psys_pid(body: dict[str, Any] | None) -> int | None:
+    raw = None if body is None else body.get("pid")
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, float) and raw.is_integer():
+        raw = int(raw)
+    if isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit():
+        raw = int(raw.strip())
+    if isinstance(raw, int) and 0 < raw <= MAX_PID:
+        return raw
+    return None
+
+
+@routes.post("/api/connections/kill")
+async def psys_kill(request: web.Request) -> web.Response:
+    pid = _psys_pid(await _body_or_none(request))
+    if pid is None:
+        return web.json_response({"error": "Invalid pid"}, status=400)
+    supervisor = _supervisor(request)
+    record, running = await _running_record(supervisor, pid)
+    try:
+        if running:
+            try:
+                await supervisor.stop(record.id, sig=signal.SIGTERM, escalate=False)
+            except Conflict:  # already being stopped: deliver the SIGTERM all the same
+                supervisor.send_signal(record.id, signal.SIGTERM, terminating_ok=True)
+        elif _allow_unmanaged(request) and record is None:
+            await supervisor.signal_unmanaged(pid, signal.SIGTERM)
+        elif supervisor.pid_exists(pid):
+            return web.json_response({"error": "Permission denied"}, status=403)
+        else:
+            return web.json_response({"error": "Process not found"}, status=404)
+    except ProcessLookupError:
+        return web.json_response({"error": "Process not found"}, status=404)
+    except PermissionError:
+        return web.json_response({"error": "Permission denied"}, status=403)
+    except (OSError, ApiError):
+        return web.json_response({"error": "Failed to kill process"}, status=500)
+    return web.json_response({"ok": True})
+
+
+# --- 003: Tensorlake, DELETE /api/v1/processes/{pid} and its Send Signal -----------------
+
+def _tensorlake_error(status: int, message: str, code: str) -> web.Response:
+    return web.json_response({"error": message, "code": code}, status=status)
+
+
+@routes.delete("/api/v1/processes/{pid}")
+async def tensorlake_kill(request: web.Request) -> web.StreamResponse:
+    pid = _pid_from_path(request)
+    if pid is None:
+        return _tensorlake_error(400, f"invalid pid {request.match_info['pid']!r}", "invalid_pid")
+    supervisor = _supervisor(request)
+    record = await supervisor.record_for_pid(pid)
+    live = record is not None and record.state in (State.RUNNING, State.TERMINATING) \
+        and supervisor.is_live_leader(record)
+    try:
+        if live:
+            await supervisor.force_kill(record.id)
+        elif record is None and _allow_unmanaged(request):
+            if not await supervisor.signal_unmanaged(pid, signal.SIGKILL, grace=0):
+                return _tensorlake_error(500, f"process {pid} did not exit", "kill_failed")
+        else:
+            return _tensorlake_error(404, f"process {pid} not found", "not_found")
+    except ProcessLookupError:
+        return _tensorlake_error(404, f"process {pid} not found", "not_found")
+    except OSError as exc:
+        return _tensorlake_error(500, f"failed to kill process {pid}: {exc.strerror or exc}",
+                                 "kill_failed")
+    return web.Response(status=204)
+
+
+@routes.post("/api/v1/processes/{pid}/signal")
+async def tensorlake_signal(request: web.Request) -> web.Response:
+    pid = _pid_from_path(request)
+    if pid is None:
+        return _tensorlake_error(400, f"invalid pid {request.match_info['pid']!r}", "invalid_pid")
+    body = await parse.json_object(request, required=True)
+    number = body.get("signal")
+    supervisor = _supervisor(request)
+    if isinstance(number, bool) or not isinstance(number, int) or not supervisor.is_signal(number):
+        return _tensorlake_error(400, f"invalid signal {number!r}: must be a signal number",
+                                 "invalid_signal")
+    record, running = await _running_record(supervisor, pid)
+    try:
+        if running:
+            supervisor.send_signal(record.id, number)
+        elif record is None and _allow_unmanaged(request):
+            await supervisor.signal_unmanaged(pid, number)
+        elif record is None:
+            return _tensorlake_error(404, f"process {pid} not found", "not_found")
+        else:
+            return _tensorlake_error(400, f"process {pid} is not running", "not_running")
+    except Conflict:
+        return _tensorlake_error(400, f"process {pid} is not running", "not_running")
+    except ProcessLookupError:
+        return _tensorlake_error(404, f"process {pid} not found", "not_found")
+    except OSError as exc:
+        return _tensorlake_error(500, f"failed to signal process {pid}: {exc.strerror or exc}",
+                                 "signal_failed")
+    return web.json_response({"success": True})

@@ -1,0 +1,149 @@
+"""Native API routes (Cyrnel's paths): start, list, get, kill, wait, health.
+
+Handlers only parse, call the supervisor, and render records as camelCase JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import BadRequest
+from ..model import ExitState, State
+from ..supervisor import StartSpec, Supervisor
+from . import parse
+from .keys import SUPERVISOR
+
+routes = web.RouteTableDef()
+
+START_FIELDS = frozenset({"argv", "command", "env", "cwd", "ref", "timeout", "grace", "stdin"})
+MAX_TIMEOUT = 366 * 86400.0
+MAX_GRACE = 86400.0
+MAX_WAIT = 3600.0
+DEFAULT_WAIT = 30.0
+MAX_LIST = 1000
+
+
+def _supervisor(request: web.Request) -> Supervisor:
+    return request.app[SUPERVISOR]
+
+
+def start_spec(body: dict[str, Any]) -> StartSpec:
+    """Validate a POST /processes body into a StartSpec; BadRequest names the field."""
+    unknown = sorted(set(body) - START_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown field '{unknown[0]}'")
+    has_argv, has_command = body.get("argv") is not None, body.get("command") is not None
+    if has_argv == has_command:
+        raise BadRequest("exactly one of 'argv' or 'command' is required")
+    command = None
+    if has_argv:
+        argv = body["argv"]
+        if not isinstance(argv, list) or not argv:
+            raise BadRequest("'argv' must be a non-empty array of strings")
+        argv = [parse.string(item, "argv", allow_empty=index > 0) for index, item in enumerate(argv)]
+    else:
+        command = parse.string(body["command"], "command")
+        argv = ["/bin/sh", "-c", command]
+    env = body.get("env") or {}
+    if not isinstance(env, dict):
+        raise BadRequest("'env' must be an object of strings")
+    for key, value in env.items():
+        parse.string(key, "env")
+        if "=" in key:
+            raise BadRequest(f"'env' name {key!r} must not contain '='")
+        parse.string(value, f"env.{key}", allow_empty=True)
+    cwd = body.get("cwd")
+    if cwd is not None:
+        cwd = parse.string(cwd, "cwd", max_length=4096)
+        if not cwd.startswith("/"):
+            raise BadRequest("'cwd' must be an absolute path")
+    ref = body.get("ref")
+    if ref is not None:
+        ref = parse.string(ref, "ref", max_length=1024)
+    timeout = body.get("timeout")
+    if timeout is not None:
+        timeout = parse.number(timeout, "timeout", maximum=MAX_TIMEOUT, allow_zero=False)
+    grace = body.get("grace")
+    if grace is not None:
+        grace = parse.number(grace, "grace", maximum=MAX_GRACE)
+    stdin = body.get("stdin") or "null"
+    if stdin not in ("null", "pipe"):
+        raise BadRequest("'stdin' must be \"null\" or \"pipe\"")
+    return StartSpec(argv=argv, command=command, env=dict(env), cwd=cwd, ref=ref,
+                     timeout=timeout, grace=grace, stdin=stdin)
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > 255:
+        raise BadRequest("Idempotency-Key must be 1 to 255 characters")
+    return key
+
+
+@routes.post("/processes")
+async def create_process(request: web.Request) -> web.Response:
+    spec = start_spec(await parse.json_object(request, required=True))
+    record, created = await _supervisor(request).create(spec, _idempotency_key(request))
+    return web.json_response(record.to_json(), status=201 if created else 200)
+
+
+def _enum_query(request: web.Request, name: str, enum: type[State] | type[ExitState]) -> Any:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        return enum(text)
+    except ValueError:
+        allowed = ", ".join(member.value for member in enum)
+        raise BadRequest(f"query parameter '{name}' must be one of {allowed}") from None
+
+
+@routes.get("/processes")
+async def list_processes(request: web.Request) -> web.Response:
+    limit_text = request.query.get("limit")
+    limit = 100 if not limit_text else parse.positive_int(limit_text, "limit")
+    if limit > MAX_LIST:
+        raise BadRequest(f"query parameter 'limit' must be at most {MAX_LIST}")
+    cursor_text = request.query.get("cursor")
+    cursor = parse.positive_int(cursor_text, "cursor") if cursor_text else None
+    records = await _supervisor(request).registry.list(
+        state=_enum_query(request, "state", State),
+        exit_state=_enum_query(request, "exitState", ExitState),
+        ref=request.query.get("ref") or None,
+        before_id=cursor, limit=limit + 1)
+    more = len(records) > limit
+    records = records[:limit]
+    return web.json_response({"processes": [r.to_json() for r in records],
+                              "next": str(records[-1].id) if more else None})
+
+
+@routes.get("/processes/{id}")
+async def get_process(request: web.Request) -> web.Response:
+    record = await _supervisor(request).get(parse.path_id(request))
+    return web.json_response(record.to_json())
+
+
+@routes.post("/processes/{id}/signals/kill")
+async def kill_process(request: web.Request) -> web.Response:
+    process_id = parse.path_id(request)
+    await parse.json_object(request)  # the payload is ignored; only object-ness is validated
+    record = await _supervisor(request).stop(process_id)
+    return web.json_response(record.to_json())
+
+
+@routes.get("/processes/{id}/wait")
+async def wait_process(request: web.Request) -> web.Response:
+    process_id = parse.path_id(request)
+    timeout = parse.query_number(request, "timeout", DEFAULT_WAIT, maximum=MAX_WAIT)
+    record, done = await _supervisor(request).wait(process_id, timeout)
+    return web.json_response(record.to_json(), status=200 if done else 408)
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", **_supervisor(request).counts()})

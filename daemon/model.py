@@ -1,0 +1,168 @@
+"""The process record, its states and the transition table — pure data, no I/O.
+
+Every state change in Stablehand goes through :func:`transition`, so the table
+below is the single place that says what may happen to a process. The supervisor
+names the event it observed; the table answers with the new state and, for a
+process that became idle, its exit state. A pair that is not in the table is a
+conflict (HTTP 409), never a silent no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from enum import StrEnum
+from typing import Any
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    IDLE = "idle"
+    TERMINATING = "terminating"
+
+
+class ExitState(StrEnum):
+    SUCCESS = "success"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELED = "canceled"
+
+
+class Event(StrEnum):
+    ADMIT = "admit"                        # a slot is free: run it
+    ENQUEUE = "enqueue"                    # no slot: wait in FIFO order
+    SPAWN_FAILED = "spawn_failed"          # ENOENT, EACCES, bad cwd...
+    EXITED_OK = "exited_ok"                # exit status 0
+    EXITED_ERROR = "exited_error"          # non-zero, or a signal nobody here sent
+    KILL = "kill"                          # kill/stop asked by a client
+    EXPIRE = "expire"                      # the process's own timeout ran out
+    STOPPED_AFTER_KILL = "stopped_after_kill"
+    STOPPED_AFTER_EXPIRE = "stopped_after_expire"
+    LOST = "lost"                          # vanished while the daemon was down
+
+
+class StopReason(StrEnum):
+    KILL = "kill"
+    TIMEOUT = "timeout"
+
+
+# States grouped by what may be done to them (as supervisord's states.py does).
+ACTIVE_STATES = frozenset({State.RUNNING, State.TERMINATING})   # a process exists
+KILLABLE_STATES = frozenset({State.QUEUED, State.RUNNING})
+SLOT_STATES = ACTIVE_STATES                                       # count against max_concurrent
+
+_NEW = None  # the "from" state of a record being created
+
+TRANSITIONS: dict[tuple[State | None, Event], tuple[State, ExitState | None]] = {
+    (_NEW, Event.ADMIT): (State.RUNNING, None),
+    (_NEW, Event.ENQUEUE): (State.QUEUED, None),
+    (State.QUEUED, Event.ADMIT): (State.RUNNING, None),
+    (State.QUEUED, Event.KILL): (State.IDLE, ExitState.CANCELED),
+    (State.QUEUED, Event.SPAWN_FAILED): (State.IDLE, ExitState.FAILED),
+    (State.RUNNING, Event.SPAWN_FAILED): (State.IDLE, ExitState.FAILED),
+    (State.RUNNING, Event.EXITED_OK): (State.IDLE, ExitState.SUCCESS),
+    (State.RUNNING, Event.EXITED_ERROR): (State.IDLE, ExitState.FAILED),
+    (State.RUNNING, Event.LOST): (State.IDLE, ExitState.FAILED),
+    (State.RUNNING, Event.KILL): (State.TERMINATING, None),
+    (State.RUNNING, Event.EXPIRE): (State.TERMINATING, None),
+    (State.TERMINATING, Event.STOPPED_AFTER_KILL): (State.IDLE, ExitState.CANCELED),
+    (State.TERMINATING, Event.STOPPED_AFTER_EXPIRE): (State.IDLE, ExitState.TIMEOUT),
+}
+
+
+class InvalidTransition(Exception):
+    """The event cannot happen to a process in its current state."""
+
+    def __init__(self, state: State | None, event: Event) -> None:
+        super().__init__(f"cannot {event.value} a process that is {state.value if state else 'new'}")
+        self.state = state
+        self.event = event
+
+
+def transition(state: State | None, event: Event) -> tuple[State, ExitState | None]:
+    """Return (new state, exit state) for ``event`` in ``state``, or raise InvalidTransition."""
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise InvalidTransition(state, event) from None
+
+
+def stopped_event(reason: StopReason | str | None) -> Event:
+    """The event that ends a terminating process, by why it was stopped."""
+    return Event.STOPPED_AFTER_EXPIRE if reason == StopReason.TIMEOUT else Event.STOPPED_AFTER_KILL
+
+
+def now_iso() -> str:
+    """Current UTC time as ISO-8601 with milliseconds and a ``Z``."""
+    return to_iso(_dt.datetime.now(_dt.timezone.utc))
+
+
+def to_iso(moment: _dt.datetime) -> str:
+    return moment.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_iso(text: str) -> _dt.datetime:
+    return _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def iso_to_epoch(text: str | None) -> float | None:
+    return None if text is None else parse_iso(text).timestamp()
+
+
+@dataclasses.dataclass(slots=True)
+class Process:
+    """One row of the registry. Field names are snake_case here, camelCase on the wire."""
+
+    id: int
+    state: State
+    argv: list[str]
+    created_at: str
+    ref: str | None = None
+    command: str | None = None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    cwd: str | None = None
+    timeout: float | None = None
+    grace: float | None = None
+    stdin: str = "null"
+    exit_state: ExitState | None = None
+    error: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    pid: int | None = None
+    pid_start_time: float | None = None
+    boot_id: str | None = None
+    exit_code: int | None = None
+    exit_signal: str | None = None
+    stop_reason: StopReason | None = None
+    stop_requested_at: str | None = None
+    stop_grace: float | None = None
+    stop_signal: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The public record: Cyrnel's fields first, then Stablehand's additions.
+
+        ``env`` is deliberately left out: it often carries secrets, and the
+        caller already knows what it sent.
+        """
+        return {
+            "id": self.id,
+            "ref": self.ref,
+            "state": self.state.value,
+            "exitState": self.exit_state.value if self.exit_state else None,
+            "error": self.error,
+            "createdAt": self.created_at,
+            "completedAt": self.completed_at,
+            "argv": self.argv,
+            "command": self.command,
+            "cwd": self.cwd,
+            "pid": self.pid,
+            "exitCode": self.exit_code,
+            "exitSignal": self.exit_signal,
+            "startedAt": self.started_at,
+            "timeout": self.timeout,
+            "grace": self.grace,
+            "stdin": self.stdin,
+        }

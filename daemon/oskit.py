@@ -1,0 +1,380 @@
+"""The only module that touches OS process APIs: spawn, pidfds, signals, /proc.
+
+Identity. A pid alone proves nothing: pids are recycled. A process is named here
+by (pid, start ticks): field 22 of /proc/<pid>/stat, the kernel's own start time
+in clock ticks since boot, exact and unchangeable. Whenever a signal must reach a
+process we did not just spawn, we open a pidfd first and only then check the
+start ticks: once the pidfd is open it pins that very process, so a check that
+passes after the open cannot be fooled by a recycle in between.
+
+Reaping. Exactly one thing reaps: :func:`reap`, called by the supervisor when a
+child's pidfd turns readable. Nothing here calls ``waitpid(-1)`` or psutil's
+``wait()``, and SIGCHLD keeps its default disposition.
+
+Spawning uses ``subprocess.Popen`` for its careful fork/exec error reporting
+(which file was missing, whether chdir failed) with ``start_new_session=True``
+and no ``preexec_fn`` (aiosqlite runs threads). The Popen object is then
+disarmed (``returncode`` set) so that its finaliser never becomes a second
+reaper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import signal
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+PROC = Path("/proc")
+
+
+class SpawnError(Exception):
+    """The child could not be started. The message says why, for the record's ``error``."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Spawned:
+    pid: int
+    pidfd: int
+    start_ticks: int
+    stdin_fd: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExitStatus:
+    code: int | None          # exit code, when it exited
+    signal: int | None        # signal number, when a signal ended it
+
+    @property
+    def signal_name(self) -> str | None:
+        return signal_name(self.signal) if self.signal else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProcInfo:
+    pid: int
+    ppid: int
+    pgrp: int
+    session: int
+    start_ticks: int
+
+
+# --- identity ------------------------------------------------------------------
+
+def boot_id() -> str:
+    try:
+        return (PROC / "sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _parse_stat(pid: int, text: str) -> ProcInfo:
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = text[text.rindex(")") + 2:].split()
+    return ProcInfo(pid=pid, ppid=int(fields[1]), pgrp=int(fields[2]), session=int(fields[3]),
+                    start_ticks=int(fields[19]))
+
+
+def proc_info(pid: int) -> ProcInfo | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return _parse_stat(pid, handle.read())
+    except (OSError, ValueError):
+        return None
+
+
+def start_ticks(pid: int) -> int | None:
+    info = proc_info(pid)
+    return info.start_ticks if info else None
+
+
+def is_alive(pid: int, ticks: int | None) -> bool:
+    """True if ``pid`` is still the process that started at ``ticks`` (zombies count as gone)."""
+    info = proc_info(pid)
+    if info is None or ticks is None or info.start_ticks != ticks:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def proc_table() -> list[ProcInfo]:
+    """Every process on the machine, read once from /proc."""
+    table = []
+    for pid in psutil.pids():
+        info = proc_info(pid)
+        if info is not None:
+            table.append(info)
+    return table
+
+
+def open_verified_pidfd(pid: int, ticks: int | None) -> int | None:
+    """A pidfd for ``pid`` if it is still the process that started at ``ticks``, else None."""
+    if ticks is None:
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if start_ticks(pid) != ticks:
+        os.close(fd)
+        return None
+    return fd
+
+
+def environ_marker(pid: int, names: Sequence[str]) -> dict[str, str] | None:
+    """The values of ``names`` in a process's environment, or None if unreadable."""
+    try:
+        env = psutil.Process(pid).environ()
+    except (psutil.Error, OSError):
+        return None
+    found = {name: env[name] for name in names if name in env}
+    return found or None
+
+
+# --- spawn and reap --------------------------------------------------------------
+
+def spawn(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str | None,
+    stdout_path: Path,
+    stderr_path: Path,
+    *,
+    stdin_pipe: bool = False,
+) -> Spawned:
+    """Start ``argv`` in a new session with output to files. Raises SpawnError."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    out_fd = os.open(stdout_path, flags, 0o600)
+    err_fd = os.open(stderr_path, flags, 0o600)
+    stdin_read = stdin_write = None
+    if stdin_pipe:
+        stdin_read, stdin_write = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(stdin_write, False)
+    try:
+        proc = subprocess.Popen(
+            list(argv), stdin=stdin_read if stdin_pipe else subprocess.DEVNULL,
+            stdout=out_fd, stderr=err_fd, cwd=cwd, env=dict(env),
+            start_new_session=True, close_fds=True,
+        )
+    except OSError as exc:
+        if stdin_write is not None:
+            os.close(stdin_write)
+        reason = exc.strerror or str(exc)
+        if cwd is not None and exc.filename == cwd:
+            raise SpawnError(f"cannot change to directory {cwd!r}: {reason}") from None
+        raise SpawnError(f"cannot execute {argv[0]!r}: {reason}") from None
+    except (ValueError, TypeError) as exc:
+        if stdin_write is not None:
+            os.close(stdin_write)
+        raise SpawnError(f"cannot start {argv[0]!r}: {exc}") from None
+    finally:
+        os.close(out_fd)
+        os.close(err_fd)
+        if stdin_read is not None:
+            os.close(stdin_read)
+    pid = proc.pid
+    proc.returncode = 0  # disarm Popen.__del__/_cleanup: we are the only reaper
+    # The child is unreaped (only we reap it), so its pid cannot be recycled yet:
+    # this pidfd is certain to name it, even if it has already exited.
+    pidfd = os.pidfd_open(pid)
+    ticks = start_ticks(pid)
+    return Spawned(pid=pid, pidfd=pidfd, start_ticks=ticks if ticks is not None else -1,
+                   stdin_fd=stdin_write)
+
+
+def _decode_status(status: int) -> ExitStatus:
+    if os.WIFSIGNALED(status):
+        return ExitStatus(code=None, signal=os.WTERMSIG(status))
+    return ExitStatus(code=os.waitstatus_to_exitcode(status), signal=None)
+
+
+def reap_all() -> list[tuple[int, ExitStatus]]:
+    """Reap every child that has exited: the daemon's single reaper.
+
+    The daemon is a child subreaper, so besides the children it spawned this
+    collects orphaned descendants that were re-parented to it; the caller
+    dispatches each status by pid.
+    """
+    reaped = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        reaped.append((pid, _decode_status(status)))
+    return reaped
+
+
+def become_subreaper() -> bool:
+    """PR_SET_CHILD_SUBREAPER: orphaned descendants are re-parented to us, not to PID 1.
+
+    A double-forked grandchild thus stays in our tree (found by parent links,
+    reaped by us) instead of escaping, and no zombie is left to an init that
+    does not reap (some container inits do not).
+    """
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_CHILD_SUBREAPER = 36
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def own_pid() -> int:
+    return os.getpid()
+
+
+def close_fd(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+# --- signals -----------------------------------------------------------------------
+
+def signal_number(value: str | int) -> int:
+    """Accept 15, "15", "TERM", "SIGTERM" (any case). ValueError if not a real signal."""
+    if isinstance(value, bool):
+        raise ValueError("not a signal")
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        number = int(value)
+        if number not in valid_signals():
+            raise ValueError(f"{value!r} is not a valid signal number")
+        return number
+    if not isinstance(value, str):
+        raise ValueError("a signal is a name or a number")
+    name = value.strip().upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        number = int(signal.Signals[name])
+    except KeyError:
+        raise ValueError(f"{value!r} is not a known signal name") from None
+    return number
+
+
+def valid_signals() -> frozenset[int]:
+    return frozenset(int(s) for s in signal.valid_signals() if 0 < int(s) < signal.NSIG)
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
+def pidfd_signal(pidfd: int, sig: int) -> bool:
+    """Signal through a pidfd. False if the process has already exited."""
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Signal a process group. Call only while its leader is unreaped (see module doc)."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+
+
+def group_has_members(pgid: int) -> bool:
+    """Whether any process is still in group ``pgid`` (signal 0 sends nothing)."""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def open_pidfd(pid: int) -> int:
+    """A pidfd for whatever process holds ``pid`` now. ProcessLookupError if none."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError as exc:
+        if exc.errno == 3:  # ESRCH
+            raise ProcessLookupError(pid) from None
+        raise
+
+
+def send_via_pidfd(pidfd: int, sig: int) -> None:
+    """Signal through a pidfd, raising ProcessLookupError/PermissionError as kill(2) would."""
+    signal.pidfd_send_signal(pidfd, sig)
+
+
+def process_exists(pid: int) -> bool:
+    return (PROC / str(pid)).exists()
+
+
+def tree_of(leader_pid: int, leader_ticks: int, leader_reaped: bool,
+            table: Iterable[ProcInfo] | None = None,
+            orphans: Iterable[int] = ()) -> list[ProcInfo]:
+    """The processes that belong to a child's tree, the leader excluded.
+
+    That is its descendants (by parent links), plus whatever is still in its
+    process group or session — the leader started both, so their ids equal its
+    pid. Once the leader has been reaped its pid could in principle be reused,
+    so group and session members are trusted only while no other process holds
+    that pid (the kernel does not hand out a pid still used as a group id).
+    ``orphans`` are pids known to belong to this tree although their parent
+    link was lost (re-parented to the daemon); they and their descendants count.
+    """
+    table = list(proc_table() if table is None else table)
+    by_parent: dict[int, list[ProcInfo]] = {}
+    for info in table:
+        by_parent.setdefault(info.ppid, []).append(info)
+    members: dict[int, ProcInfo] = {}
+    holder = next((i for i in table if i.pid == leader_pid), None)
+    leader_is_ours = holder is not None and holder.start_ticks == leader_ticks and not leader_reaped
+    pid_is_free = holder is None
+    if leader_is_ours or pid_is_free:
+        for info in table:
+            if info.pid != leader_pid and (info.pgrp == leader_pid or info.session == leader_pid) \
+                    and info.start_ticks >= leader_ticks:
+                members[info.pid] = info
+    by_pid = {info.pid: info for info in table}
+    for pid in orphans:  # descendants re-parented to the daemon (we are a subreaper)
+        if pid in by_pid and pid != leader_pid:
+            members[pid] = by_pid[pid]
+    roots = [leader_pid] if leader_is_ours else []
+    roots += list(members)
+    while roots:
+        parent = roots.pop()
+        for info in by_parent.get(parent, ()):
+            if info.pid not in members and info.pid != leader_pid and info.start_ticks >= leader_ticks:
+                members[info.pid] = info
+                roots.append(info.pid)
+    return list(members.values())
+
+
+# --- limits ------------------------------------------------------------------------
+
+def raise_nofile_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (one pidfd per child). Returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+

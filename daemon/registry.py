@@ -1,0 +1,295 @@
+"""The process registry: the only module that speaks SQL.
+
+Durability rule: a write returns only after its transaction has committed, so a
+caller that got a 2xx can rely on the row surviving a crash of the daemon.
+
+Writes go through one writer task that commits whatever has queued up in a
+single transaction (group commit): under a burst of 200 spawns the daemon pays
+for a handful of commits instead of 400, while each caller still waits for its
+own commit. Reads use a second connection, so they never see a batch that is
+still open (WAL lets them run beside the writer).
+
+Pragmas are per connection and set on every connect: WAL, synchronous=FULL
+(a commit survives power loss, not only a crash), foreign_keys, busy_timeout.
+Migrations in migrations/NNNN_name.sql are applied in order at open, each in
+one transaction together with the row that records it; a database that has
+migrations this code does not know refuses to open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+from collections.abc import Awaitable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .model import ExitState, Process, State, StopReason, now_iso
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+MIGRATIONS_DIRS = (_PACKAGE_DIR / "_migrations", _PACKAGE_DIR.parent / "migrations")
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[\w-]+\.sql$")
+
+_COLUMNS = (
+    "id", "ref", "state", "exit_state", "error", "created_at", "started_at", "completed_at",
+    "argv", "command", "env", "cwd", "timeout", "grace", "stdin", "pid", "pid_start_time",
+    "boot_id", "exit_code", "exit_signal", "stop_reason", "stop_requested_at", "stop_grace",
+    "stop_signal", "idempotency_key", "request_hash",
+)
+_WRITABLE = frozenset(_COLUMNS) - {"id"}
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM processes"
+
+
+class RegistryError(Exception):
+    """The registry cannot be opened or used (schema too new, corrupt file...)."""
+
+
+class DuplicateKey(Exception):
+    """An insert collided with an existing Idempotency-Key."""
+
+
+def migrations_dir() -> Path:
+    for candidate in MIGRATIONS_DIRS:
+        if candidate.is_dir():
+            return candidate
+    raise RegistryError("no migrations directory found beside the daemon package")
+
+
+def known_migrations(directory: Path | None = None) -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) for every migration file, in order."""
+    directory = directory or migrations_dir()
+    found = []
+    for path in sorted(directory.iterdir()):
+        match = _MIGRATION_NAME.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path.name, path.read_text()))
+    return found
+
+
+def _row_to_process(row: Sequence[Any]) -> Process:
+    data = dict(zip(_COLUMNS, row))
+    data["state"] = State(data["state"])
+    data["exit_state"] = ExitState(data["exit_state"]) if data["exit_state"] else None
+    data["stop_reason"] = StopReason(data["stop_reason"]) if data["stop_reason"] else None
+    data["argv"] = json.loads(data["argv"])
+    data["env"] = json.loads(data["env"])
+    return Process(**data)
+
+
+def _to_column(key: str, value: Any) -> Any:
+    if key in ("argv", "env"):
+        return json.dumps(value)
+    if hasattr(value, "value"):  # enums
+        return value.value
+    return value
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    for pragma in ("journal_mode = WAL", "synchronous = FULL", "foreign_keys = ON",
+                   "busy_timeout = 5000"):
+        await conn.execute_fetchall(f"PRAGMA {pragma}")
+    return conn
+
+
+class Registry:
+    """Async access to the processes table. Create with :meth:`open`."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._pending: list[tuple[str, tuple[Any, ...], asyncio.Future[Any], bool]] = []
+        self._flush_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path, migrations: Path | None = None) -> "Registry":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        try:
+            await _migrate(writer, known_migrations(migrations))
+            reader = await _connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(path, writer, reader)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._flush_task is not None:
+            await self._flush_task
+        await self._reader.close()
+        await self._writer.close()
+
+    # --- writes (group-committed) ---
+
+    def _enqueue(self, sql: str, params: tuple[Any, ...], *, insert: bool = False) -> asyncio.Future[Any]:
+        """Queue a write now (order is call order); the future resolves once it is committed."""
+        if self._closed:
+            raise RegistryError("registry is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((sql, params, future, insert))
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.create_task(self._flush())
+        return future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            try:
+                await self._writer.execute_fetchall("BEGIN IMMEDIATE")
+                for sql, params, future, insert in batch:
+                    try:
+                        if insert:
+                            row = await self._writer.execute_insert(sql, params)
+                            results.append((future, row[0] if row else None, None))
+                        else:
+                            await self._writer.execute_fetchall(sql, params)
+                            results.append((future, None, None))
+                    except sqlite3.IntegrityError as exc:  # only this statement is rolled back
+                        results.append((future, None, exc))
+                await self._writer.execute_fetchall("COMMIT")
+            except BaseException as exc:  # the whole batch failed: nobody's write is durable
+                try:
+                    await self._writer.execute_fetchall("ROLLBACK")
+                except Exception:
+                    pass
+                for _, _, future, _ in batch:
+                    if not future.done():
+                        future.set_exception(RegistryError(f"commit failed: {exc}"))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for future, value, error in results:
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(value)
+
+    # Writes are plain methods that queue at call time and return an awaitable, so
+    # the supervisor's in-memory transition and its write are ordered together.
+
+    def insert(self, fields: dict[str, Any]) -> Awaitable[int]:
+        """Queue a new process row; awaits to its id. DuplicateKey on a reused Idempotency-Key."""
+        keys = [k for k in fields if k in _WRITABLE]
+        sql = f"INSERT INTO processes ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})"
+        future = self._enqueue(sql, tuple(_to_column(k, fields[k]) for k in keys), insert=True)
+        return _translate_duplicate(future, fields.get("idempotency_key"))
+
+    def update(self, process_id: int, **fields: Any) -> asyncio.Future[None]:
+        unknown = set(fields) - _WRITABLE
+        if unknown:
+            raise ValueError(f"unknown columns {sorted(unknown)}")
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        params = tuple(_to_column(k, v) for k, v in fields.items()) + (process_id,)
+        return self._enqueue(f"UPDATE processes SET {assignments} WHERE id = ?", params)
+
+    def delete(self, process_id: int) -> asyncio.Future[None]:
+        return self._enqueue("DELETE FROM processes WHERE id = ?", (process_id,))
+
+    def set_meta(self, key: str, value: str) -> asyncio.Future[None]:
+        return self._enqueue("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # --- reads ---
+
+    async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[Process]:
+        rows = await self._reader.execute_fetchall(sql, tuple(params))
+        return [_row_to_process(row) for row in rows]
+
+    async def get(self, process_id: int) -> Process | None:
+        rows = await self._fetch(f"{_SELECT} WHERE id = ?", (process_id,))
+        return rows[0] if rows else None
+
+    async def by_idempotency_key(self, key: str) -> Process | None:
+        rows = await self._fetch(f"{_SELECT} WHERE idempotency_key = ?", (key,))
+        return rows[0] if rows else None
+
+    async def newest_by_pid(self, pid: int) -> Process | None:
+        rows = await self._fetch(f"{_SELECT} WHERE pid = ? ORDER BY id DESC LIMIT 1", (pid,))
+        return rows[0] if rows else None
+
+    async def in_states(self, states: Iterable[State]) -> list[Process]:
+        states = [s.value for s in states]
+        marks = ", ".join("?" * len(states))
+        return await self._fetch(f"{_SELECT} WHERE state IN ({marks}) ORDER BY id", states)
+
+    async def list(
+        self,
+        *,
+        state: State | None = None,
+        exit_state: ExitState | None = None,
+        ref: str | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[Process]:
+        """Newest first. ``before_id`` is the cursor: only ids below it."""
+        clauses, params = [], []
+        for column, value in (("state", state), ("exit_state", exit_state), ("ref", ref)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value.value if hasattr(value, "value") else value)
+        if before_id is not None:
+            clauses.append("id < ?")
+            params.append(before_id)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return await self._fetch(f"{_SELECT}{where} ORDER BY id DESC LIMIT ?", [*params, limit])
+
+    async def get_meta(self, key: str) -> str | None:
+        rows = await self._reader.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    async def counts_by_state(self) -> dict[str, int]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT state, COUNT(*) FROM processes GROUP BY state")
+        return {state: count for state, count in rows}
+
+    async def max_id(self) -> int:
+        rows = await self._reader.execute_fetchall(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'processes'")
+        return rows[0][0] if rows else 0
+
+    async def integrity_check(self) -> str:
+        rows = await self._reader.execute_fetchall("PRAGMA integrity_check")
+        return rows[0][0]
+
+
+async def _translate_duplicate(future: Awaitable[int], key: str | None) -> int:
+    try:
+        return await future
+    except sqlite3.IntegrityError as exc:
+        if "idempotency_key" in str(exc):
+            raise DuplicateKey(key) from None
+        raise
+
+
+async def _migrate(conn: aiosqlite.Connection, migrations: list[tuple[int, str, str]]) -> None:
+    await conn.execute_fetchall(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
+    applied = {row[0] for row in await conn.execute_fetchall("SELECT version FROM schema_migrations")}
+    newest_known = max((v for v, _, _ in migrations), default=0)
+    if applied and max(applied) > newest_known:
+        raise RegistryError(
+            f"the database is at schema version {max(applied)}, newer than this Stablehand "
+            f"(which knows up to {newest_known}); upgrade Stablehand or use another --state-dir")
+    for version, name, sql in migrations:
+        if version in applied:
+            continue
+        script = (f"BEGIN IMMEDIATE;\n{sql}\n;\nINSERT INTO schema_migrations (version, name, applied_at)"
+                  f" VALUES ({version}, '{name}', '{now_iso()}');\nCOMMIT;")
+        try:
+            await conn.executescript(script)
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                await conn.execute_fetchall("ROLLBACK")
+            raise RegistryError(f"migration {name} failed: {exc}") from None

@@ -1,0 +1,709 @@
+"""The supervisor: owns every child from creation to its last exit.
+
+How it keeps its promises:
+
+* **Persist intent, then act.** Each transition is applied to the in-memory
+  record and queued to the registry in the same synchronous step (so writes
+  keep the order of events), and the commit is awaited before the action it
+  announces: a child is spawned only once ``running`` is committed, a signal is
+  sent only once ``terminating`` is committed.
+* **One reaper.** The daemon is a child subreaper. ``_reap`` (on SIGCHLD and
+  whenever a child's pidfd turns readable) collects every exited child with
+  ``waitpid(-1, WNOHANG)`` and dispatches by pid; orphaned grandchildren are
+  reaped there too. Re-adopted processes (left by an earlier daemon) are not our
+  children: their pidfd alone says they ended, and their exit status is unknown.
+* **Never signal a stranger.** Our own unreaped children are signalled through
+  the pidfd taken at spawn (and their process group, safe while the leader is
+  unreaped); every other process of the tree is signalled through a pidfd
+  opened first and then checked against its start ticks.
+* **No strays.** Stopping takes the whole tree: the group, the session,
+  descendants by parent links and orphans re-parented to us that carry the
+  process's ``STABLEHAND_ID``. When a leader exits on its own, whatever it left
+  in its process group is stopped too (as systemd does for a service's cgroup).
+* **Client disconnects don't cut work short.** State-changing work runs in
+  supervisor-owned tasks; HTTP handlers await them through ``asyncio.shield``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import structlog
+
+from . import oskit
+from .config import Config
+from .errors import Conflict, NotFound
+from .model import (
+    ACTIVE_STATES, Event, ExitState, Process, State, StopReason, now_iso, iso_to_epoch,
+    stopped_event, transition,
+)
+from .output import OutputStore
+from .registry import DuplicateKey, Registry
+
+# Environment variables a child must never inherit from the daemon.
+_PRIVATE_ENV_PREFIXES = ("LISTEN_", "WATCHDOG_", "STABLEHAND_")
+_PRIVATE_ENV_NAMES = frozenset({"NOTIFY_SOCKET"})
+ID_VAR = "STABLEHAND_ID"
+INSTANCE_VAR = "STABLEHAND_INSTANCE"
+KILL_WAIT = 5.0          # after SIGKILL, how long to wait for the tree to vanish
+
+
+@dataclasses.dataclass(slots=True)
+class StartSpec:
+    """A validated request to start a process."""
+
+    argv: list[str]
+    command: str | None = None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    cwd: str | None = None
+    ref: str | None = None
+    timeout: float | None = None
+    grace: float | None = None
+    stdin: str = "null"   # "null" | "pipe"
+
+    def fingerprint(self) -> str:
+        """Stable hash of the request, to tell an Idempotency-Key retry from a reuse."""
+        body = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Child:
+    """A live process the supervisor watches."""
+
+    id: int
+    pid: int
+    ticks: int
+    pidfd: int
+    own: bool                                   # our child (we reap it) or re-adopted
+    exited: asyncio.Future[oskit.ExitStatus | None]
+    stdin_fd: int | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+Listener = Callable[[Process], None]
+
+
+class Supervisor:
+    def __init__(self, config: Config, registry: Registry, outputs: OutputStore) -> None:
+        self.config = config
+        self.registry = registry
+        self.outputs = outputs
+        self.log = structlog.get_logger("stablehand.supervisor")
+        self._live: dict[int, Process] = {}          # queued / running / terminating
+        self._children: dict[int, Child] = {}        # by record id
+        self._by_pid: dict[int, Child] = {}          # our own children, by OS pid
+        self._queue: collections.deque[int] = collections.deque()
+        self._busy = 0                               # slots held (running + terminating)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._idle_waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._stop_sets: dict[int, dict[int, int]] = {}    # id -> tree members being stopped
+        self._listeners: list[Listener] = []
+        self._instance = ""
+        self._boot_id = oskit.boot_id()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+
+    # --- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take ownership: become subreaper, reconcile the registry, start the queue."""
+        self._loop = asyncio.get_running_loop()
+        oskit.become_subreaper()
+        self._loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        self._instance = await self.registry.get_meta("instance") or ""
+        if not self._instance:
+            self._instance = uuid.uuid4().hex
+            await self.registry.set_meta("instance", self._instance)
+        await self._reconcile()
+        self._admit()
+
+    async def shutdown(self) -> None:
+        """Stop (or detach from) every child, per the ``shutdown`` setting."""
+        self._closing = True
+        if self.config.shutdown == "stop":
+            for proc in list(self._live.values()):
+                if proc.state is State.RUNNING:
+                    self._begin_stop(proc, StopReason.KILL, self._grace_of(proc), signal.SIGTERM)
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        else:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        for child in list(self._children.values()):
+            self._forget_child(child)
+        if self._loop is not None:
+            self._loop.remove_signal_handler(signal.SIGCHLD)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Called with a copy of the record after every committed state change."""
+        self._listeners.append(listener)
+
+    # --- queries -------------------------------------------------------------------
+
+    async def get(self, process_id: int) -> Process:
+        record = await self.registry.get(process_id)
+        if record is None:
+            raise NotFound(f"process {process_id} not found")
+        return record
+
+    def counts(self) -> dict[str, int]:
+        counts = collections.Counter(p.state.value for p in self._live.values())
+        return {"queued": counts["queued"], "running": counts["running"],
+                "terminating": counts["terminating"]}
+
+    # --- create ------------------------------------------------------------------
+
+    async def create(self, spec: StartSpec, idempotency_key: str | None = None) -> tuple[Process, bool]:
+        """Create a record and start (or queue) it. Returns (record, created)."""
+        fingerprint = spec.fingerprint() if idempotency_key else None
+        if idempotency_key:
+            existing = await self.registry.by_idempotency_key(idempotency_key)
+            if existing is not None:
+                return self._check_replay(existing, fingerprint), False
+        return await self._owned(self._create(spec, idempotency_key, fingerprint))
+
+    def _check_replay(self, existing: Process, fingerprint: str | None) -> Process:
+        if existing.request_hash != fingerprint:
+            raise Conflict("Idempotency-Key was already used with a different request body")
+        return existing
+
+    async def _create(self, spec: StartSpec, key: str | None, fingerprint: str | None) -> tuple[Process, bool]:
+        event = Event.ADMIT if self._has_slot() and not self._queue else Event.ENQUEUE
+        state, _ = transition(None, event)
+        proc = Process(id=0, state=state, argv=spec.argv, created_at=now_iso(), ref=spec.ref,
+                       command=spec.command, env=spec.env, cwd=spec.cwd, timeout=spec.timeout,
+                       grace=spec.grace, stdin=spec.stdin, idempotency_key=key,
+                       request_hash=fingerprint)
+        if state is State.RUNNING:
+            self._busy += 1
+        try:
+            proc.id = await self.registry.insert(dataclasses.asdict(proc) | {"id": None})
+        except DuplicateKey:
+            if state is State.RUNNING:
+                self._release_slot()
+            existing = await self.registry.by_idempotency_key(key or "")
+            if existing is None:
+                raise
+            return self._check_replay(existing, fingerprint), False
+        except BaseException:
+            if state is State.RUNNING:
+                self._release_slot()
+            raise
+        self._live[proc.id] = proc
+        self.log.info("process.created", process_id=proc.id, state=proc.state.value, argv=proc.argv)
+        self._emit(proc)
+        if state is State.RUNNING:
+            await self._spawn(proc)
+        else:
+            self._queue.append(proc.id)
+        return dataclasses.replace(proc), True
+
+    def _has_slot(self) -> bool:
+        return self.config.max_concurrent == 0 or self._busy < self.config.max_concurrent
+
+    def _release_slot(self) -> None:
+        self._busy -= 1
+        self._admit()
+
+    def _admit(self) -> None:
+        """Start queued records, oldest first, while slots are free."""
+        while self._queue and self._has_slot() and not self._closing:
+            proc = self._live[self._queue.popleft()]
+            self._apply(proc, Event.ADMIT)
+            self._busy += 1
+            commit = self.registry.update(proc.id, state=proc.state)
+            self._spawn_task(self._admit_one(proc, commit))
+
+    async def _admit_one(self, proc: Process, commit: Awaitable[None]) -> None:
+        await commit
+        self._emit(proc)
+        await self._spawn(proc)
+
+    def _child_env(self, proc: Process) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in _PRIVATE_ENV_NAMES and not k.startswith(_PRIVATE_ENV_PREFIXES)}
+        env.update(proc.env)
+        env[ID_VAR] = str(proc.id)
+        env[INSTANCE_VAR] = self._instance
+        return env
+
+    async def _spawn(self, proc: Process) -> None:
+        """Start a record that is committed as running (unless it was killed meanwhile)."""
+        if proc.state is not State.RUNNING:
+            return  # killed between admission and spawn: the kill path finishes it
+        stdout, stderr = self.outputs.prepare(proc.id)
+        try:
+            spawned = oskit.spawn(proc.argv, self._child_env(proc), proc.cwd, stdout, stderr,
+                                  stdin_pipe=proc.stdin == "pipe")
+        except (oskit.SpawnError, OSError) as exc:
+            await self._finish(proc, Event.SPAWN_FAILED, error=str(exc))
+            return
+        child = Child(id=proc.id, pid=spawned.pid, ticks=spawned.start_ticks, pidfd=spawned.pidfd,
+                      own=True, exited=self._loop.create_future(), stdin_fd=spawned.stdin_fd)
+        self._watch(child)
+        proc.pid, proc.pid_start_time = spawned.pid, spawned.start_ticks
+        proc.boot_id, proc.started_at = self._boot_id, now_iso()
+        commit = self.registry.update(proc.id, pid=proc.pid, pid_start_time=proc.pid_start_time,
+                                      boot_id=proc.boot_id, started_at=proc.started_at)
+        self._arm_timeout(proc, child)
+        self.log.info("process.spawned", process_id=proc.id, pid=spawned.pid)
+        await commit
+
+    def _watch(self, child: Child) -> None:
+        self._children[child.id] = child
+        if child.own:
+            self._by_pid[child.pid] = child
+        self._loop.add_reader(child.pidfd, self._on_pidfd, child)
+
+    def _arm_timeout(self, proc: Process, child: Child) -> None:
+        if proc.timeout is None:
+            return
+        started = iso_to_epoch(proc.started_at) or _wall()
+        delay = max(0.0, started + proc.timeout - _wall())
+        child.timer = self._loop.call_later(delay, self._expire, proc.id)
+
+    # --- exits ---------------------------------------------------------------------
+
+    def _on_pidfd(self, child: Child) -> None:
+        if child.own:
+            self._reap()
+        else:  # re-adopted: not ours to reap; the pidfd alone says it ended
+            self._exited(child, None)
+
+    def _reap(self) -> None:
+        for pid, status in oskit.reap_all():
+            child = self._by_pid.get(pid)
+            if child is not None:
+                self._exited(child, status)
+            else:
+                self.log.debug("orphan.reaped", pid=pid)
+
+    def _exited(self, child: Child, status: oskit.ExitStatus | None) -> None:
+        self._forget_child(child)
+        child.exited.set_result(status)
+        proc = self._live.get(child.id)
+        if proc is None or proc.state is not State.RUNNING:
+            return  # terminating: the stop task finishes the record
+        if status is not None and status.code == 0:
+            event, error = Event.EXITED_OK, None
+        elif status is None:
+            event, error = Event.EXITED_ERROR, ("exit status unknown: the process was re-adopted "
+                                                "after a daemon restart and is not the daemon's child")
+        elif status.signal:
+            event, error = Event.EXITED_ERROR, f"killed by {status.signal_name}"
+        else:
+            event, error = Event.EXITED_ERROR, f"exited with status {status.code}"
+        self._spawn_task(self._finish(proc, event, status=status, error=error))
+        if oskit.group_has_members(child.pid):
+            self._spawn_task(self._sweep(child))
+
+    def _forget_child(self, child: Child) -> None:
+        if self._children.get(child.id) is child:
+            del self._children[child.id]
+        if self._by_pid.get(child.pid) is child:
+            del self._by_pid[child.pid]
+        if child.pidfd >= 0:
+            self._loop.remove_reader(child.pidfd)
+            oskit.close_fd(child.pidfd)
+            child.pidfd = -1
+        if child.timer is not None:
+            child.timer.cancel()
+        oskit.close_fd(child.stdin_fd)
+        child.stdin_fd = None
+
+    async def _sweep(self, child: Child) -> None:
+        """Stop what an exited leader left behind in its group."""
+        members = self._signal_tree(child, signal.SIGTERM, {})
+        if members:
+            self.log.info("process.stragglers", process_id=child.id, count=len(members))
+        await self._stop_members(child, members, self.config.grace)
+
+    # --- stopping -------------------------------------------------------------------
+
+    async def stop(self, process_id: int, *, grace: float | None = None,
+                   sig: int = signal.SIGTERM, escalate: bool = True) -> Process:
+        """Kill/stop: queued → idle/canceled; running → terminating (then idle/canceled).
+
+        ``escalate=False`` sends ``sig`` only and never SIGKILL (psys's route);
+        :meth:`force_kill` can still finish such a stop. NotFound for an unknown
+        id; Conflict when it is already idle or terminating.
+        """
+        proc = self._live.get(process_id)
+        if proc is None:
+            await self.get(process_id)                # NotFound, or it exists but is idle
+            proc = self._live.get(process_id)
+            if proc is None:
+                raise Conflict(f"process {process_id} is already idle")
+        if proc.state is State.QUEUED:
+            self._queue.remove(process_id)
+            await self._owned(self._finish(proc, Event.KILL))
+            return dataclasses.replace(proc)
+        if proc.state is State.TERMINATING:
+            raise Conflict(f"process {process_id} is already terminating")
+        grace = self._grace_of(proc) if grace is None else grace
+        commit = self._begin_stop(proc, StopReason.KILL, grace if escalate else None, sig)
+        snapshot = dataclasses.replace(proc)
+        await asyncio.shield(commit)
+        return snapshot
+
+    def _grace_of(self, proc: Process) -> float:
+        return proc.grace if proc.grace is not None else self.config.grace
+
+    def _expire(self, process_id: int) -> None:
+        proc = self._live.get(process_id)
+        if proc is not None and proc.state is State.RUNNING:
+            self.log.info("process.timeout", process_id=process_id, timeout=proc.timeout)
+            self._begin_stop(proc, StopReason.TIMEOUT, self._grace_of(proc), signal.SIGTERM)
+
+    async def force_kill(self, process_id: int) -> Process:
+        """SIGKILL the whole tree now, whatever stop is under way; returns the idle record."""
+        proc = self._live.get(process_id)
+        if proc is not None and proc.state is not State.TERMINATING:
+            await self.stop(process_id, grace=0, sig=signal.SIGKILL)
+        elif proc is not None:
+            child = self._children.get(process_id)
+            members = self._stop_sets.get(process_id)
+            if child is not None and members is not None:
+                self._signal_tree(child, signal.SIGKILL, members)
+        record, _ = await self.wait(process_id, KILL_WAIT + 1)
+        return record
+
+    def _begin_stop(self, proc: Process, reason: StopReason, grace: float | None,
+                    sig: int) -> asyncio.Future[None]:
+        """Commit ``terminating``, then (in an owned task) signal and escalate."""
+        self._apply(proc, Event.KILL if reason is StopReason.KILL else Event.EXPIRE)
+        proc.stop_reason, proc.stop_requested_at = reason, now_iso()
+        proc.stop_grace, proc.stop_signal = grace, oskit.signal_name(sig)
+        commit = self.registry.update(
+            proc.id, state=proc.state, stop_reason=reason, stop_requested_at=proc.stop_requested_at,
+            stop_grace=grace, stop_signal=proc.stop_signal)
+        self._spawn_task(self._run_stop(proc, commit, sig, grace))
+        return commit
+
+    async def _run_stop(self, proc: Process, commit: Awaitable[None], sig: int,
+                        grace: float | None) -> None:
+        await commit
+        self._emit(proc)
+        child = self._children.get(proc.id)
+        status = None
+        if child is not None:  # None: killed before it was spawned, or it exited meanwhile
+            self.log.info("process.stopping", process_id=proc.id, signal=oskit.signal_name(sig),
+                          grace=grace)
+            members = self._stop_sets[proc.id] = self._signal_tree(child, sig, {})
+            try:
+                status = await self._stop_members(child, members, grace)
+            finally:
+                del self._stop_sets[proc.id]
+        await self._finish(proc, stopped_event(proc.stop_reason), status=status)
+
+    def _signal_tree(self, child: Child, sig: int, known: dict[int, int]) -> dict[int, int]:
+        """Signal the leader (if unreaped), its group and every member of its tree.
+
+        ``known`` maps member pids to verified pidfds already held; new members
+        are added to it. Returns it.
+        """
+        leader_reaped = child.exited.done()
+        table = oskit.proc_table()
+        orphans = self._orphans_of(child.id, table)
+        for info in oskit.tree_of(child.pid, child.ticks, leader_reaped, table, orphans):
+            if info.pid not in known and info.pid not in self._by_pid:
+                fd = oskit.open_verified_pidfd(info.pid, info.start_ticks)
+                if fd is not None:
+                    known[info.pid] = fd
+        if not leader_reaped:
+            oskit.pidfd_signal(child.pidfd, sig)
+            oskit.signal_group(child.pid, sig)
+        for fd in known.values():
+            oskit.pidfd_signal(fd, sig)
+        return known
+
+    def _orphans_of(self, process_id: int, table: list[oskit.ProcInfo]) -> list[int]:
+        """Our direct children that are not leaders but carry this record's STABLEHAND_ID."""
+        me = oskit.own_pid()
+        found = []
+        for info in table:
+            if info.ppid == me and info.pid not in self._by_pid:
+                marker = oskit.environ_marker(info.pid, (ID_VAR, INSTANCE_VAR))
+                if marker and marker.get(ID_VAR) == str(process_id) \
+                        and marker.get(INSTANCE_VAR) == self._instance:
+                    found.append(info.pid)
+        return found
+
+    async def _stop_members(self, child: Child, members: dict[int, int],
+                            grace: float | None) -> oskit.ExitStatus | None:
+        """Wait up to ``grace`` (None: forever) for the tree to go, then SIGKILL what is left."""
+        try:
+            if not await self._wait_gone(child, members, grace):
+                self.log.info("process.escalating", process_id=child.id, signal="SIGKILL")
+                self._signal_tree(child, signal.SIGKILL, members)
+                if not await self._wait_gone(child, members, KILL_WAIT):
+                    self.log.warning("process.unkillable", process_id=child.id)
+        finally:
+            for fd in members.values():
+                oskit.close_fd(fd)
+        return child.exited.result() if child.exited.done() else None
+
+    async def _wait_gone(self, child: Child, members: dict[int, int], timeout: float | None) -> bool:
+        waits: list[asyncio.Future[Any]] = [child.exited]
+        readers = []
+        for fd in members.values():
+            future = self._loop.create_future()
+            self._loop.add_reader(fd, self._resolve_once, fd, future)
+            readers.append(fd)
+            waits.append(future)
+        try:
+            pending = [w for w in waits if not w.done()]
+            if pending:
+                _, pending_set = await asyncio.wait(pending, timeout=timeout)
+                return not pending_set
+            return True
+        finally:
+            for fd in readers:
+                self._loop.remove_reader(fd)
+
+    # --- finishing -----------------------------------------------------------------
+
+    async def _finish(self, proc: Process, event: Event, *, status: oskit.ExitStatus | None = None,
+                      error: str | None = None) -> None:
+        """Move a record to idle, commit, free its slot and wake its waiters."""
+        held_slot = proc.state in ACTIVE_STATES
+        self._apply(proc, event)
+        proc.completed_at = now_iso()
+        if status is not None:
+            proc.exit_code, proc.exit_signal = status.code, status.signal_name
+        if error is not None:
+            proc.error = error
+        del self._live[proc.id]
+        commit = self.registry.update(
+            proc.id, state=proc.state, exit_state=proc.exit_state, completed_at=proc.completed_at,
+            exit_code=proc.exit_code, exit_signal=proc.exit_signal, error=proc.error)
+        if held_slot:
+            self._release_slot()
+        await commit
+        self.log.info("process.exited", process_id=proc.id, exit_state=proc.exit_state.value,
+                      exit_code=proc.exit_code, exit_signal=proc.exit_signal, error=proc.error)
+        for waiter in self._idle_waiters.pop(proc.id, []):
+            if not waiter.done():
+                waiter.set_result(None)
+        self._emit(proc)
+
+    def _apply(self, proc: Process, event: Event) -> None:
+        proc.state, exit_state = transition(proc.state, event)
+        if exit_state is not None:
+            proc.exit_state = exit_state
+
+    def _emit(self, proc: Process) -> None:
+        snapshot = dataclasses.replace(proc)
+        for listener in self._listeners:
+            listener(snapshot)
+
+    # --- waiting and signals ---------------------------------------------------------
+
+    async def wait(self, process_id: int, timeout: float | None) -> tuple[Process, bool]:
+        """The record once idle (True), or as it is when ``timeout`` passes (False)."""
+        record = await self.get(process_id)
+        if process_id in self._live:
+            waiter = self._loop.create_future()
+            self._idle_waiters.setdefault(process_id, []).append(waiter)
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            except TimeoutError:
+                return await self.get(process_id), False
+            finally:
+                waiters = self._idle_waiters.get(process_id, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+            record = await self.get(process_id)
+        return record, record.state is State.IDLE
+
+    @staticmethod
+    def is_signal(number: int) -> bool:
+        return number in oskit.valid_signals()
+
+    @staticmethod
+    def signal_number(value: str | int) -> int:
+        """A signal given by name or number; ValueError if there is no such signal."""
+        return oskit.signal_number(value)
+
+    def send_signal(self, process_id: int, sig: int, *, group: bool = False,
+                    terminating_ok: bool = False) -> bool:
+        """Deliver ``sig`` to a running process (or its group); state is unchanged.
+
+        Returns False if the process already exited. Conflict if it is not running.
+        """
+        proc = self._live.get(process_id)
+        child = self._children.get(process_id)
+        allowed = (State.RUNNING, State.TERMINATING) if terminating_ok else (State.RUNNING,)
+        if proc is None or proc.state not in allowed or child is None:
+            state = proc.state.value if proc else "idle"
+            raise Conflict(f"process {process_id} is not running (it is {state})")
+        if group and child.own:
+            return oskit.signal_group(child.pid, sig)
+        return oskit.pidfd_signal(child.pidfd, sig)
+
+    async def record_for_pid(self, pid: int) -> Process | None:
+        """The newest record whose process ran as OS ``pid`` (compat routes address by pid)."""
+        return await self.registry.newest_by_pid(pid)
+
+    def is_live_leader(self, record: Process) -> bool:
+        """Whether ``record``'s process is the one still running under its pid."""
+        child = self._children.get(record.id)
+        return child is not None and child.pid == record.pid and not child.exited.done()
+
+    @staticmethod
+    def pid_exists(pid: int) -> bool:
+        return oskit.process_exists(pid)
+
+    async def signal_unmanaged(self, pid: int, sig: int, grace: float | None = None) -> bool:
+        """Signal a process Stablehand did not start (only with ``allow_unmanaged``).
+
+        With ``grace``: wait that long for it to exit, then SIGKILL and wait again.
+        Returns whether it is gone (True without ``grace``). Raises
+        ProcessLookupError / PermissionError like kill(2).
+        """
+        pidfd = oskit.open_pidfd(pid)
+        try:
+            oskit.send_via_pidfd(pidfd, sig)
+            if grace is None:
+                return True
+            gone: asyncio.Future[None] = self._loop.create_future()
+            self._loop.add_reader(pidfd, self._resolve_once, pidfd, gone)
+            try:
+                await asyncio.wait_for(asyncio.shield(gone), grace)
+                return True
+            except TimeoutError:
+                oskit.pidfd_signal(pidfd, signal.SIGKILL)
+            try:
+                await asyncio.wait_for(gone, KILL_WAIT)
+                return True
+            except TimeoutError:
+                return False
+            finally:
+                if not gone.done():
+                    self._loop.remove_reader(pidfd)
+        finally:
+            oskit.close_fd(pidfd)
+
+    # --- reconciliation at start-up ------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        """Make the registry and the machine agree before serving (see README, 'Restarts')."""
+        records = await self.registry.in_states([State.QUEUED, State.RUNNING, State.TERMINATING])
+        marked = self._scan_markers()
+        for proc in records:
+            self._live[proc.id] = proc
+            if proc.state is State.QUEUED:
+                self._queue.append(proc.id)
+                continue
+            if proc.pid is None and proc.id in marked:   # crashed between spawn and commit
+                proc.pid, proc.pid_start_time = marked[proc.id].pid, marked[proc.id].start_ticks
+                proc.boot_id, proc.started_at = self._boot_id, proc.started_at or now_iso()
+                await self.registry.update(proc.id, pid=proc.pid, pid_start_time=proc.pid_start_time,
+                                           boot_id=proc.boot_id, started_at=proc.started_at)
+            pidfd = None
+            if proc.pid is not None and proc.boot_id == self._boot_id:
+                pidfd = oskit.open_verified_pidfd(proc.pid, _ticks(proc.pid_start_time))
+            if pidfd is None:
+                await self._record_lost(proc)
+            else:
+                self._adopt(proc, pidfd)
+        for process_id, info in marked.items():
+            proc = self._live.get(process_id)
+            if proc is None or proc.pid != info.pid:
+                self._spawn_task(self._stop_stray(process_id, info))
+
+    def _scan_markers(self) -> dict[int, oskit.ProcInfo]:
+        """Session leaders on this machine that carry our instance's STABLEHAND_ID."""
+        found: dict[int, oskit.ProcInfo] = {}
+        for info in oskit.proc_table():
+            if info.pid != info.session:
+                continue
+            marker = oskit.environ_marker(info.pid, (ID_VAR, INSTANCE_VAR))
+            if marker and marker.get(INSTANCE_VAR) == self._instance and \
+                    marker.get(ID_VAR, "").isdigit():
+                found[int(marker[ID_VAR])] = info
+        return found
+
+    async def _record_lost(self, proc: Process) -> None:
+        self._busy += 1  # _finish releases the slot an active record holds
+        if proc.state is State.RUNNING:
+            await self._finish(proc, Event.LOST, error=(
+                "exit status lost: the process ended while the daemon was not running"))
+        else:
+            await self._finish(proc, stopped_event(proc.stop_reason))
+
+    def _adopt(self, proc: Process, pidfd: int) -> None:
+        self._busy += 1
+        child = Child(id=proc.id, pid=proc.pid, ticks=_ticks(proc.pid_start_time), pidfd=pidfd,
+                      own=False, exited=self._loop.create_future())
+        self._watch(child)
+        self.log.info("process.adopted", process_id=proc.id, pid=proc.pid, state=proc.state.value)
+        if proc.state is State.RUNNING:
+            self._arm_timeout(proc, child)
+            return
+        requested = iso_to_epoch(proc.stop_requested_at) or _wall()
+        grace = proc.stop_grace if proc.stop_grace is not None else self._grace_of(proc)
+        remaining = max(0.0, requested + grace - _wall())
+        done: asyncio.Future[None] = self._loop.create_future()
+        done.set_result(None)
+        self._spawn_task(self._run_stop(proc, done, oskit.signal_number(proc.stop_signal or "SIGTERM"),
+                                        remaining))
+
+    async def _stop_stray(self, process_id: int, info: oskit.ProcInfo) -> None:
+        """A process of ours that the registry says should not exist: stop it."""
+        pidfd = oskit.open_verified_pidfd(info.pid, info.start_ticks)
+        if pidfd is None:
+            return
+        self.log.warning("process.stray", process_id=process_id, pid=info.pid)
+        child = Child(id=process_id, pid=info.pid, ticks=info.start_ticks, pidfd=pidfd, own=False,
+                      exited=self._loop.create_future())
+        self._loop.add_reader(pidfd, self._resolve_once, pidfd, child.exited)
+        try:
+            members = self._signal_tree(child, signal.SIGTERM, {})
+            await self._stop_members(child, members, self.config.grace)
+        finally:
+            self._loop.remove_reader(pidfd)
+            oskit.close_fd(pidfd)
+
+    def _resolve_once(self, fd: int, future: asyncio.Future[Any]) -> None:
+        """A pidfd turned readable (its process exited): resolve and stop watching it."""
+        self._loop.remove_reader(fd)
+        if not future.done():
+            future.set_result(None)
+
+    # --- task ownership --------------------------------------------------------------
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("supervisor.task_failed", error=repr(task.exception()))
+
+    async def _owned(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run state-changing work in an owned task; a cancelled caller does not cut it short."""
+        return await asyncio.shield(self._spawn_task(coro))
+
+
+def _wall() -> float:
+    return time.time()
+
+
+def _ticks(value: float | None) -> int | None:
+    return None if value is None else int(value)
