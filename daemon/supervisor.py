@@ -159,7 +159,7 @@ class Supervisor:
         return record
 
     def counts(self) -> dict[str, int]:
-        counts = collections.Counter(p.state.value for p in self._live.values())
+        counts = collections.Counter(p.state.value for p in list(self._live.values()))
         return {"queued": counts["queued"], "running": counts["running"],
                 "terminating": counts["terminating"]}
 
@@ -350,8 +350,8 @@ class Supervisor:
             self._queue.remove(process_id)
             await self._owned(self._finish(proc, Event.KILL))
             return dataclasses.replace(proc)
-        if proc.state is State.TERMINATING:
-            raise Conflict(f"process {process_id} is already terminating")
+        if proc.state is not State.RUNNING:
+            raise Conflict(f"process {process_id} is already {proc.state.value}")
         grace = self._grace_of(proc) if grace is None else grace
         commit = self._begin_stop(proc, StopReason.KILL, grace if escalate else None, sig)
         snapshot = dataclasses.replace(proc)
@@ -370,9 +370,9 @@ class Supervisor:
     async def force_kill(self, process_id: int) -> Process:
         """SIGKILL the whole tree now, whatever stop is under way; returns the idle record."""
         proc = self._live.get(process_id)
-        if proc is not None and proc.state is not State.TERMINATING:
+        if proc is not None and proc.state in (State.QUEUED, State.RUNNING):
             await self.stop(process_id, grace=0, sig=signal.SIGKILL)
-        elif proc is not None:
+        elif proc is not None and proc.state is State.TERMINATING:
             child = self._children.get(process_id)
             members = self._stop_sets.get(process_id)
             if child is not None and members is not None:
@@ -485,13 +485,15 @@ class Supervisor:
             proc.exit_code, proc.exit_signal = status.code, status.signal_name
         if error is not None:
             proc.error = error
-        del self._live[proc.id]
         commit = self.registry.update(
             proc.id, state=proc.state, exit_state=proc.exit_state, completed_at=proc.completed_at,
             exit_code=proc.exit_code, exit_signal=proc.exit_signal, error=proc.error)
         if held_slot:
             self._release_slot()
-        await commit
+        try:
+            await commit
+        finally:
+            del self._live[proc.id]  # only now: waiters registered meanwhile are still woken
         self.log.info("process.exited", process_id=proc.id, exit_state=proc.exit_state.value,
                       exit_code=proc.exit_code, exit_signal=proc.exit_signal, error=proc.error)
         for waiter in self._idle_waiters.pop(proc.id, []):
