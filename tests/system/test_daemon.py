@@ -1,0 +1,140 @@
+"""The daemon as a real subprocess: both listeners, restarts, locking, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import DaemonProcess, alive, wait_for
+
+
+def call(daemon: DaemonProcess, method: str, path: str, body: Any = None,
+         unix: bool = False) -> tuple[int, Any]:
+    """One HTTP call over TCP, or over the Unix socket with curl-like raw HTTP."""
+    data = None if body is None else json.dumps(body).encode()
+    if unix:
+        return _unix_call(daemon.socket_path, method, path, data)
+    request = urllib.request.Request(daemon.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def _unix_call(path: Path, method: str, target: str, data: bytes | None) -> tuple[int, Any]:
+    import http.client
+    import socket
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.connect(str(path))
+
+    conn = UnixConnection("localhost")
+    try:
+        conn.request(method, target, body=data, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Any:
+    started: list[DaemonProcess] = []
+
+    def factory(*extra: str, state: str = "state", **kwargs: Any) -> DaemonProcess:
+        instance = DaemonProcess(tmp_path / state, *extra, **kwargs)
+        started.append(instance)
+        return instance
+
+    yield factory
+    for instance in started:
+        if instance.proc is not None and instance.proc.poll() is None:
+            instance.stop()
+
+
+def test_same_api_on_tcp_and_unix_socket(daemon: Any) -> None:
+    d = daemon().start()
+    status, created = call(d, "POST", "/processes", {"argv": ["sleep", "30"]}, unix=True)
+    assert status == 201
+    status, over_tcp = call(d, "GET", f"/processes/{created['id']}")
+    assert status == 200 and over_tcp["pid"] == created["pid"]
+    status, over_unix = call(d, "GET", f"/processes/{created['id']}", unix=True)
+    assert over_unix == over_tcp
+    assert call(d, "POST", f"/processes/{created['id']}/signals/kill", {}, unix=True)[0] == 200
+    status, final = call(d, "GET", f"/processes/{created['id']}/wait?timeout=10")
+    assert status == 200 and final["exitState"] == "canceled"
+    assert d.stop() == 0
+
+
+def test_unix_socket_is_private(daemon: Any) -> None:
+    d = daemon().start()
+    assert (d.socket_path.stat().st_mode & 0o777) == 0o600
+    d.stop()
+    assert not d.socket_path.exists()
+
+
+def test_restart_keeps_every_id(daemon: Any) -> None:
+    d = daemon().start()
+    records = [call(d, "POST", "/processes", {"argv": ["true"], "ref": f"r{i}"})[1] for i in range(5)]
+    for record in records:
+        call(d, "GET", f"/processes/{record['id']}/wait?timeout=10")
+    before = {r["id"]: call(d, "GET", f"/processes/{r['id']}")[1] for r in records}
+    assert d.stop() == 0
+
+    d.start()
+    for process_id, record in before.items():
+        status, again = call(d, "GET", f"/processes/{process_id}")
+        assert status == 200 and again == record
+    status, new = call(d, "POST", "/processes", {"argv": ["true"]})
+    assert status == 201 and new["id"] > max(before)
+    call(d, "GET", f"/processes/{new['id']}/wait?timeout=10")
+
+
+def test_sigterm_stops_children_and_records_them(daemon: Any) -> None:
+    d = daemon("--grace", "1").start()
+    status, record = call(d, "POST", "/processes", {"argv": ["sleep", "300"]})
+    assert d.stop(signal.SIGTERM) == 0
+    assert not alive(record["pid"])
+    d.start()
+    status, after = call(d, "GET", f"/processes/{record['id']}")
+    assert after["state"] == "idle" and after["exitState"] == "canceled"
+
+
+def test_second_daemon_on_same_state_dir_refuses(daemon: Any, tmp_path: Path) -> None:
+    first = daemon().start()
+    second = daemon(state="state", socket_path=tmp_path / "other.sock")
+    second.start(wait=False)
+    assert second.proc is not None and second.proc.wait(20) != 0
+    assert "already using state dir" in second.log()
+    assert call(first, "GET", "/healthz")[0] == 200
+
+
+def test_second_daemon_on_same_socket_refuses(daemon: Any, tmp_path: Path) -> None:
+    first = daemon().start()
+    second = daemon(state="state2", socket_path=first.socket_path)
+    second.start(wait=False)
+    assert second.proc is not None and second.proc.wait(20) != 0
+    assert "already using socket" in second.log()
+    assert call(first, "GET", "/healthz", unix=True)[0] == 200
+
+
+def test_bad_option_exits_78(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "daemon", "serve", "--state-dir", str(tmp_path),
+                             "--grace", "whenever"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 78 and "--grace" in result.stderr
+
+
+def test_console_script_and_module_agree() -> None:
+    result = subprocess.run([sys.executable, "-m", "daemon", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "serve" in result.stdout
