@@ -132,9 +132,19 @@ class Supervisor:
         """Stop (or detach from) every child, per the ``shutdown`` setting."""
         self._closing = True
         if self.config.shutdown == "stop":
+            graces = [0.0]
             for proc in list(self._live.values()):
                 if proc.state is State.RUNNING:
-                    self._begin_stop(proc, StopReason.KILL, self._grace_of(proc), signal.SIGTERM)
+                    graces.append(self._grace_of(proc))
+                    self._begin_stop(proc, StopReason.KILL, graces[-1], signal.SIGTERM)
+            # Stops that never escalate on their own (psys's SIGTERM-only route) are
+            # finished with SIGKILL once every grace period has passed.
+            _, pending = await asyncio.wait(list(self._tasks) or [_done()], timeout=max(graces) + 1)
+            if pending:
+                for process_id, members in list(self._stop_sets.items()):
+                    child = self._children.get(process_id)
+                    if child is not None:
+                        self._signal_tree(child, signal.SIGKILL, members)
             while self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
         else:
@@ -701,6 +711,12 @@ class Supervisor:
     async def _owned(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run state-changing work in an owned task; a cancelled caller does not cut it short."""
         return await asyncio.shield(self._spawn_task(coro))
+
+
+def _done() -> asyncio.Future[None]:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
 
 
 def _wall() -> float:

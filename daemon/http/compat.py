@@ -167,9 +167,9 @@ async def psys_kill(request: web.Request) -> web.Response:
     if pid is None:
         return web.json_response({"error": "Invalid pid"}, status=400)
     supervisor = _supervisor(request)
-    record, running = await _running_record(supervisor, pid)
+    record = await supervisor.record_for_pid(pid)
     try:
-        if running:
+        if record is not None and supervisor.is_live_leader(record):
             try:
                 await supervisor.stop(record.id, sig=signal.SIGTERM, escalate=False)
             except Conflict:  # already being stopped: deliver the SIGTERM all the same
