@@ -434,7 +434,8 @@ class Supervisor:
                     known[info.pid] = fd
         if not leader_reaped:
             oskit.pidfd_signal(child.pidfd, sig)
-            oskit.signal_group(child.pid, sig)
+            if child.own:  # a re-adopted leader is reaped by someone else: no killpg by pid
+                oskit.signal_group(child.pid, sig)
         for fd in known.values():
             oskit.pidfd_signal(fd, sig)
         return known
@@ -627,6 +628,9 @@ class Supervisor:
             pidfd = None
             if proc.pid is not None and proc.boot_id == self._boot_id:
                 pidfd = oskit.open_verified_pidfd(proc.pid, _ticks(proc.pid_start_time))
+            if pidfd is not None and not oskit.is_alive(proc.pid, _ticks(proc.pid_start_time)):
+                oskit.close_fd(pidfd)  # a zombie nobody reaped yet: it ended while we were down
+                pidfd = None
             if pidfd is None:
                 await self._record_lost(proc)
             else:

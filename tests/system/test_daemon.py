@@ -48,21 +48,6 @@ def _unix_call(path: Path, method: str, target: str, data: bytes | None) -> tupl
         conn.close()
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Any:
-    started: list[DaemonProcess] = []
-
-    def factory(*extra: str, state: str = "state", **kwargs: Any) -> DaemonProcess:
-        instance = DaemonProcess(tmp_path / state, *extra, **kwargs)
-        started.append(instance)
-        return instance
-
-    yield factory
-    for instance in started:
-        if instance.proc is not None and instance.proc.poll() is None:
-            instance.stop()
-
-
 def test_same_api_on_tcp_and_unix_socket(daemon: Any) -> None:
     d = daemon().start()
     status, created = call(d, "POST", "/processes", {"argv": ["sleep", "30"]}, unix=True)
