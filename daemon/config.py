@@ -19,6 +19,7 @@ Defaults make ``stablehand serve`` work out of the box:
 from __future__ import annotations
 
 import dataclasses
+import grp
 import ipaddress
 import os
 import tomllib
@@ -71,6 +72,16 @@ class Config:
     max_body_bytes: int = 1024 * 1024
     log_format: str = "auto"         # auto | json | console
     log_level: str = "info"
+    socket_requires_token: bool = False
+    socket_group: str | None = None  # socket becomes 0660 with this group
+    socket_allowed_uids: tuple[int, ...] = ()   # empty: any uid that can open the socket
+    rate_limit: float = 0.0          # requests per second per client on mutating routes; 0 = off
+    rate_burst: int = 0              # bucket size; 0 = max(1, rate_limit)
+    allowed_programs: tuple[str, ...] = ()      # empty: any program
+
+    @property
+    def burst(self) -> int:
+        return self.rate_burst or max(1, int(self.rate_limit + 0.999))
 
     @property
     def database_path(self) -> Path:
@@ -178,6 +189,39 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+def _optional_text(raw: Any) -> str | None:
+    text = _text(raw).strip()
+    return text or None
+
+
+def _string_list(raw: Any) -> tuple[str, ...]:
+    """A TOML array of strings, or a comma-separated string (flags, environment)."""
+    items = raw if isinstance(raw, list) else _text(raw).split(",")
+    values = []
+    for item in items:
+        text = _text(item).strip()
+        if text:
+            values.append(text)
+    return tuple(values)
+
+
+def _uid_list(raw: Any) -> tuple[int, ...]:
+    items = raw if isinstance(raw, list) else _text(raw).split(",")
+    return tuple(_non_negative_int(item) for item in items if str(item).strip())
+
+
+def _rate(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ValueError("must be a number of requests per second")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{raw!r} is not a number of requests per second") from None
+    if not 0 <= value <= 1_000_000:
+        raise ValueError("must be between 0 (off) and 1000000")
+    return value
+
+
 SETTINGS: dict[str, Callable[[Any], Any]] = {
     "state_dir": _path,
     "listen": _listen,
@@ -190,6 +234,12 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "max_body_bytes": _positive_int,
     "log_format": _choice("auto", "json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),
+    "socket_requires_token": _bool,
+    "socket_group": _optional_text,
+    "socket_allowed_uids": _uid_list,
+    "rate_limit": _rate,
+    "rate_burst": _non_negative_int,
+    "allowed_programs": _string_list,
 }
 
 
@@ -246,6 +296,13 @@ def load(
     listen = values.pop("listen") if "listen" in values else Listen("127.0.0.1", DEFAULT_PORT)
     socket = values.pop("socket") if "socket" in values else default_socket(env, state_dir)
     token = _read_token(values["token_file"]) if values.get("token_file") else None
+    if values.get("socket_group") is not None:
+        try:
+            grp.getgrnam(values["socket_group"])
+        except KeyError:
+            raise ConfigError("socket_group", f"no group named {values['socket_group']!r}") from None
+    if values.get("socket_requires_token") and token is None:
+        raise ConfigError("socket_requires_token", "needs a token: set --token-file")
     if listen is None and socket is None:
         raise ConfigError("listen", "TCP and the Unix socket are both off: nothing to serve on")
     if listen is not None and not listen.is_loopback and token is None:

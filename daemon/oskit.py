@@ -27,6 +27,10 @@ import signal
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
 
 import psutil
 
@@ -362,6 +366,15 @@ def tree_of(leader_pid: int, leader_ticks: int, leader_reaped: bool,
                 members[info.pid] = info
                 roots.append(info.pid)
     return list(members.values())
+
+
+def peer_credentials(sock: "socket.socket") -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    import socket as socket_module
+    import struct
+    raw = sock.getsockopt(socket_module.SOL_SOCKET, socket_module.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
 
 
 # --- limits ------------------------------------------------------------------------

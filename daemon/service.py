@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import grp
 import os
 import signal
 from pathlib import Path
@@ -59,9 +60,19 @@ def _lock(path: Path, what: str) -> IO[str]:
 
 
 def _prepare_socket_dir(path: Path) -> None:
+    """The socket's directory must be writable by the daemon's user alone.
+
+    Otherwise another user could replace the socket between two starts and
+    receive the requests (and the token) meant for the daemon.
+    """
     directory = path.parent
     if not directory.exists():
         directory.mkdir(parents=True, mode=0o700)
+    info = directory.stat()
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise StartupError(
+            f"socket directory {directory} must be owned by uid {os.geteuid()} and writable by "
+            "it alone (e.g. chmod 700); choose another --socket path")
 
 
 async def open_core(config: Config) -> tuple[Registry, Supervisor]:
@@ -145,7 +156,11 @@ async def _start_sites(runner: web.AppRunner, config: Config, sd: systemd.System
             raise StartupError(f"cannot listen on {config.socket}: {exc.strerror}") from None
         finally:
             os.umask(old_umask)
-        os.chmod(config.socket, 0o600)
+        if config.socket_group is not None:
+            os.chown(config.socket, -1, grp.getgrnam(config.socket_group).gr_gid)
+            os.chmod(config.socket, 0o660)
+        else:
+            os.chmod(config.socket, 0o600)
         addresses.append(f"unix:{config.socket}")
     return addresses
 

@@ -42,7 +42,7 @@ import structlog
 
 from . import oskit
 from .config import Config
-from .errors import Conflict, NotFound
+from .errors import Conflict, Forbidden, NotFound, Unavailable
 from .model import (
     ACTIVE_STATES, Event, ExitState, Process, State, StopReason, now_iso, iso_to_epoch,
     stopped_event, transition,
@@ -177,6 +177,11 @@ class Supervisor:
 
     async def create(self, spec: StartSpec, idempotency_key: str | None = None) -> tuple[Process, bool]:
         """Create a record and start (or queue) it. Returns (record, created)."""
+        if self._closing:
+            raise Unavailable("the daemon is shutting down")
+        allowed = self.config.allowed_programs
+        if allowed and spec.argv[0] not in allowed:
+            raise Forbidden(f"program {spec.argv[0]!r} is not in allowed_programs")
         fingerprint = spec.fingerprint() if idempotency_key else None
         if idempotency_key:
             existing = await self.registry.by_idempotency_key(idempotency_key)

@@ -52,7 +52,7 @@ def _allow_unmanaged(request: web.Request) -> bool:
 
 def _pid_from_path(request: web.Request) -> int | None:
     text = request.match_info["pid"]
-    if text.isascii() and text.isdigit() and 0 < int(text) <= MAX_PID:
+    if text.isascii() and text.isdigit() and not text.startswith("0") and int(text) <= MAX_PID:
         return int(text)
     return None
 
@@ -154,8 +154,8 @@ def _psys_pid(body: dict[str, Any] | None) -> int | None:
         return None
     if isinstance(raw, float) and raw.is_integer():
         raw = int(raw)
-    if isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit():
-        raw = int(raw.strip())
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit():
+        raw = int(raw)
     if isinstance(raw, int) and 0 < raw <= MAX_PID:
         return raw
     return None

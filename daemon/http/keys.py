@@ -6,6 +6,8 @@ from aiohttp import web
 
 from ..config import Config
 from ..supervisor import Supervisor
+from .ratelimit import RateLimiter
 
 CONFIG = web.AppKey("config", Config)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)

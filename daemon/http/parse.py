@@ -53,6 +53,8 @@ def positive_int(text: str, what: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise BadRequest(f"invalid {what} {text!r}: must be a positive integer")
     value = int(text)
+    if str(value) != text:
+        raise BadRequest(f"invalid {what} {text!r}: must be a positive integer without leading zeros")
     if not 1 <= value <= MAX_ID:
         raise BadRequest(f"invalid {what} {text!r}: must be between 1 and {MAX_ID}")
     return value
@@ -65,8 +67,14 @@ def path_id(request: web.Request, name: str = "id", what: str = "process id") ->
 def number(value: Any, field: str, *, minimum: float = 0.0, maximum: float,
            allow_zero: bool = True) -> float:
     """A JSON number (not a bool) within [minimum, maximum]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRequest(f"'{field}' must be a number")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
+        raise BadRequest(f"'{field}' must be a finite number at most {maximum:g}")
     if value < minimum or value > maximum or (not allow_zero and value == 0):
         low = "greater than 0" if not allow_zero else f"at least {minimum:g}"
         raise BadRequest(f"'{field}' must be {low} and at most {maximum:g}")

@@ -5,7 +5,12 @@ Handlers only parse, call the supervisor, and render records as camelCase JSON.
 
 from __future__ import annotations
 
+import functools
+import re
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from aiohttp import web
 
@@ -23,6 +28,7 @@ MAX_GRACE = 86400.0
 MAX_WAIT = 3600.0
 DEFAULT_WAIT = 30.0
 MAX_LIST = 1000
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def _supervisor(request: web.Request) -> Supervisor:
@@ -34,7 +40,7 @@ def start_spec(body: dict[str, Any]) -> StartSpec:
     unknown = sorted(set(body) - START_FIELDS)
     if unknown:
         raise BadRequest(f"unknown field '{unknown[0]}'")
-    has_argv, has_command = body.get("argv") is not None, body.get("command") is not None
+    has_argv, has_command = "argv" in body, "command" in body
     if has_argv == has_command:
         raise BadRequest("exactly one of 'argv' or 'command' is required")
     command = None
@@ -68,7 +74,8 @@ def start_spec(body: dict[str, Any]) -> StartSpec:
     grace = body.get("grace")
     if grace is not None:
         grace = parse.number(grace, "grace", maximum=MAX_GRACE)
-    stdin = body.get("stdin") or "null"
+    stdin = body.get("stdin")
+    stdin = "null" if stdin is None else stdin
     if stdin not in ("null", "pipe"):
         raise BadRequest("'stdin' must be \"null\" or \"pipe\"")
     return StartSpec(argv=argv, command=command, env=dict(env), cwd=cwd, ref=ref,
@@ -79,9 +86,8 @@ def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    key = key.strip()
-    if not key or len(key) > 255:
-        raise BadRequest("Idempotency-Key must be 1 to 255 characters")
+    if not _KEY.fullmatch(key):
+        raise BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters")
     return key
 
 
@@ -142,6 +148,20 @@ async def wait_process(request: web.Request) -> web.Response:
     timeout = parse.query_number(request, "timeout", DEFAULT_WAIT, maximum=MAX_WAIT)
     record, done = await _supervisor(request).wait(process_id, timeout)
     return web.json_response(record.to_json(), status=200 if done else 408)
+
+
+_SPEC_PATH = Path(__file__).with_name("openapi.yaml")
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document (openapi.yaml beside this module), parsed once."""
+    return yaml.safe_load(_SPEC_PATH.read_text())
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
 
 
 @routes.get("/healthz")
