@@ -227,6 +227,8 @@ async def tensorlake_signal(request: web.Request) -> web.Response:
         return _tensorlake_error(400, f"invalid pid {request.match_info['pid']!r}", "invalid_pid")
     body = await parse.json_object(request, required=True)
     number = body.get("signal")
+    if isinstance(number, float) and number.is_integer():  # JSON's 15.0 is the integer 15
+        number = int(number)
     supervisor = _supervisor(request)
     if isinstance(number, bool) or not isinstance(number, int) or not supervisor.is_signal(number):
         return _tensorlake_error(400, f"invalid signal {number!r}: must be a signal number",

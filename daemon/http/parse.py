@@ -83,7 +83,7 @@ def number(value: Any, field: str, *, minimum: float = 0.0, maximum: float,
 
 def query_number(request: web.Request, name: str, default: float | None, *, maximum: float) -> float | None:
     text = request.query.get(name)
-    if text is None or text == "":
+    if text is None:
         return default
     try:
         value = float(text)

@@ -100,7 +100,7 @@ async def create_process(request: web.Request) -> web.Response:
 
 def _enum_query(request: web.Request, name: str, enum: type[State] | type[ExitState]) -> Any:
     text = request.query.get(name)
-    if text is None or text == "":
+    if text is None:
         return None
     try:
         return enum(text)
@@ -112,11 +112,11 @@ def _enum_query(request: web.Request, name: str, enum: type[State] | type[ExitSt
 @routes.get("/processes")
 async def list_processes(request: web.Request) -> web.Response:
     limit_text = request.query.get("limit")
-    limit = 100 if not limit_text else parse.positive_int(limit_text, "limit")
+    limit = 100 if limit_text is None else parse.positive_int(limit_text, "limit")
     if limit > MAX_LIST:
         raise BadRequest(f"query parameter 'limit' must be at most {MAX_LIST}")
     cursor_text = request.query.get("cursor")
-    cursor = parse.positive_int(cursor_text, "cursor") if cursor_text else None
+    cursor = parse.positive_int(cursor_text, "cursor") if cursor_text is not None else None
     records = await _supervisor(request).registry.list(
         state=_enum_query(request, "state", State),
         exit_state=_enum_query(request, "exitState", ExitState),

@@ -1,0 +1,143 @@
+"""The edge: bearer auth, rate limits, allowed_programs, the OpenAPI contract."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import pytest
+
+from daemon.http.ratelimit import RateLimiter
+from daemon.http.routes import openapi_document
+
+TOKEN = "s3cret-token"
+
+# (method, path, body) for every route the daemon serves, protected ones first.
+PROTECTED = [
+    ("GET", "/openapi.json", None),
+    ("POST", "/processes", {"argv": ["true"]}),
+    ("GET", "/processes", None),
+    ("GET", "/processes/1", None),
+    ("POST", "/processes/1/signals/kill", {}),
+    ("GET", "/processes/1/wait?timeout=0", None),
+    ("POST", "/api/processes/terminate/1", {}),
+    ("POST", "/api/process/terminate-gracefully/1", {}),
+    ("POST", "/api/connections/kill", {"pid": 1}),
+    ("DELETE", "/api/v1/processes/1", None),
+    ("POST", "/api/v1/processes/1/signal", {"signal": 15}),
+]
+
+
+@pytest.fixture
+async def secured(make_daemon: Any) -> Any:
+    return await make_daemon(token=TOKEN)
+
+
+@pytest.mark.parametrize("method,path,body", PROTECTED)
+async def test_401_without_or_with_a_wrong_token(secured: Any, method: str, path: str, body: Any) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
+                    {"Authorization": "Basic " + TOKEN}):
+        response = await secured.request(method, path, json=body, headers=headers)
+        assert response.status == 401, (path, headers)
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        payload = await response.json()
+        assert "token" in payload["error"]
+
+
+async def test_right_token_is_accepted_and_healthz_is_open(secured: Any) -> None:
+    assert (await secured.get("/healthz")).status == 200
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    response = await secured.post("/processes", json={"argv": ["true"]}, headers=headers)
+    assert response.status == 201
+    record = await response.json()
+    response = await secured.get(f"/processes/{record['id']}/wait", headers=headers)
+    assert response.status == 200
+    assert (await secured.get("/openapi.json", headers=headers)).status == 200
+
+
+async def test_allowed_programs_confine_what_may_run(make_daemon: Any) -> None:
+    client = await make_daemon(allowed_programs=("true",))
+    response = await client.post("/processes", json={"argv": ["sleep", "1"]})
+    assert response.status == 403
+    assert await response.json() == {"error": "program 'sleep' is not in allowed_programs"}
+    response = await client.post("/processes", json={"command": "true"})
+    assert response.status == 403 and "/bin/sh" in (await response.json())["error"]
+    response = await client.post("/processes", json={"argv": ["true", "anything"]})
+    assert response.status == 201
+    await client.get(f"/processes/{(await response.json())['id']}/wait")
+
+
+async def test_rate_limit_429_with_headers_and_refill(make_daemon: Any) -> None:
+    client = await make_daemon(rate_limit=5.0, rate_burst=3)
+    statuses = []
+    for _ in range(4):
+        response = await client.post("/api/connections/kill", json={"pid": 999_999})
+        statuses.append(response.status)
+        for header in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"):
+            assert header in response.headers
+        assert response.headers["X-RateLimit-Limit"] == "3"
+        assert int(response.headers["X-RateLimit-Reset"]) >= int(time.time())
+    assert statuses == [404, 404, 404, 429]
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+    body = await response.json()
+    assert body["error"] == "rate_limit_exceeded" and isinstance(body["message"], str)
+    assert body["retryAfter"] >= 1 and response.headers["Retry-After"] == str(body["retryAfter"])
+    assert (await client.get("/processes")).status == 200, "reads are not limited"
+    await _wait_until_allowed(client)
+
+
+async def _wait_until_allowed(client: Any) -> None:
+    import asyncio
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        response = await client.post("/api/connections/kill", json={"pid": 999_999})
+        if response.status != 429:
+            assert response.status == 404
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the bucket never refilled")
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    now = [100.0]
+    limiter = RateLimiter(rate=2.0, burst=2, clock=lambda: now[0])
+    assert [limiter.take("a").allowed for _ in range(3)] == [True, True, False]
+    assert limiter.take("b").allowed, "buckets are per client"
+    refused = limiter.take("a")
+    assert refused.retry_after == 1 and refused.remaining == 0
+    now[0] += 0.5
+    assert limiter.take("a").allowed
+    assert not limiter.take("a").allowed
+
+
+def _spec_routes() -> set[tuple[str, str]]:
+    found = set()
+    for path, item in openapi_document()["paths"].items():
+        for method in item:
+            if method in ("get", "post", "put", "patch", "delete"):
+                found.add((method.upper(), path))
+    return found
+
+
+async def test_spec_and_routes_match_exactly(client: Any) -> None:
+    served = set()
+    for route in client.app.router.routes():
+        if route.method in ("HEAD", "*"):
+            continue
+        info = route.resource.get_info()
+        path = info.get("formatter") or info.get("path")
+        served.add((route.method, path))
+    assert served == _spec_routes()
+
+
+async def test_openapi_json_is_served(client: Any) -> None:
+    response = await client.get("/openapi.json")
+    assert response.status == 200
+    document = await response.json()
+    assert document["openapi"].startswith("3.1")
+    assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    for item in document["paths"].values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                assert all(re.fullmatch(r"[1-5]\d\d", code) for code in operation["responses"])
