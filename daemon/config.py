@@ -78,6 +78,7 @@ class Config:
     rate_limit: float = 0.0          # requests per second per client on mutating routes; 0 = off
     rate_burst: int = 0              # bucket size; 0 = max(1, rate_limit)
     allowed_programs: tuple[str, ...] = ()      # empty: any program
+    max_output_bytes: int = 64 * 1024 * 1024    # per stream; the oldest bytes are dropped past it
 
     @property
     def burst(self) -> int:
@@ -240,6 +241,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "rate_limit": _rate,
     "rate_burst": _non_negative_int,
     "allowed_programs": _string_list,
+    "max_output_bytes": _positive_int,
 }
 
 

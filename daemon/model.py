@@ -140,6 +140,8 @@ class Process:
     stop_signal: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    stdout_dropped: int = 0
+    stderr_dropped: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The public record: Cyrnel's fields first, then Stablehand's additions.
@@ -165,4 +167,5 @@ class Process:
             "timeout": self.timeout,
             "grace": self.grace,
             "stdin": self.stdin,
+            "outputTruncated": bool(self.stdout_dropped or self.stderr_dropped),
         }

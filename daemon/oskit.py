@@ -235,6 +235,11 @@ def own_pid() -> int:
     return os.getpid()
 
 
+def write_nonblocking(fd: int, data: memoryview) -> int:
+    """One write to a non-blocking pipe; BlockingIOError when it is full."""
+    return os.write(fd, data)
+
+
 def close_fd(fd: int | None) -> None:
     if fd is not None:
         try:

@@ -38,7 +38,7 @@ _COLUMNS = (
     "id", "ref", "state", "exit_state", "error", "created_at", "started_at", "completed_at",
     "argv", "command", "env", "cwd", "timeout", "grace", "stdin", "pid", "pid_start_time",
     "boot_id", "exit_code", "exit_signal", "stop_reason", "stop_requested_at", "stop_grace",
-    "stop_signal", "idempotency_key", "request_hash",
+    "stop_signal", "idempotency_key", "request_hash", "stdout_dropped", "stderr_dropped",
 )
 _WRITABLE = frozenset(_COLUMNS) - {"id"}
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM processes"

@@ -42,6 +42,7 @@ import structlog
 
 from . import oskit
 from .config import Config
+from .events import EventHub
 from .errors import Conflict, Forbidden, NotFound, Unavailable
 from .model import (
     ACTIVE_STATES, Event, ExitState, Process, State, StopReason, now_iso, iso_to_epoch,
@@ -56,6 +57,7 @@ _PRIVATE_ENV_NAMES = frozenset({"NOTIFY_SOCKET"})
 ID_VAR = "STABLEHAND_ID"
 INSTANCE_VAR = "STABLEHAND_INSTANCE"
 KILL_WAIT = 5.0          # after SIGKILL, how long to wait for the tree to vanish
+OUTPUT_CHECK_INTERVAL = 1.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -89,6 +91,7 @@ class Child:
     exited: asyncio.Future[oskit.ExitStatus | None]
     stdin_fd: int | None = None
     timer: asyncio.TimerHandle | None = None
+    stdin_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
 
 Listener = Callable[[Process], None]
@@ -109,6 +112,9 @@ class Supervisor:
         self._idle_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._stop_sets: dict[int, dict[int, int]] = {}    # id -> tree members being stopped
         self._listeners: list[Listener] = []
+        self.events = EventHub()
+        self._listeners.append(self.events.publish)
+        self._guard: asyncio.Task[None] | None = None
         self._instance = ""
         self._boot_id = oskit.boot_id()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,10 +133,13 @@ class Supervisor:
             await self.registry.set_meta("instance", self._instance)
         await self._reconcile()
         self._admit()
+        self._guard = self._loop.create_task(self._guard_output())
 
     async def shutdown(self) -> None:
         """Stop (or detach from) every child, per the ``shutdown`` setting."""
         self._closing = True
+        if self._guard is not None:
+            self._guard.cancel()
         if self.config.shutdown == "stop":
             graces = [0.0]
             for proc in list(self._live.values()):
@@ -495,6 +504,8 @@ class Supervisor:
                       error: str | None = None) -> None:
         """Move a record to idle, commit, free its slot and wake its waiters."""
         held_slot = proc.state in ACTIVE_STATES
+        if held_slot:
+            self._cap_output(proc)
         self._apply(proc, event)
         proc.completed_at = now_iso()
         if status is not None:
@@ -503,7 +514,8 @@ class Supervisor:
             proc.error = error
         commit = self.registry.update(
             proc.id, state=proc.state, exit_state=proc.exit_state, completed_at=proc.completed_at,
-            exit_code=proc.exit_code, exit_signal=proc.exit_signal, error=proc.error)
+            exit_code=proc.exit_code, exit_signal=proc.exit_signal, error=proc.error,
+            stdout_dropped=proc.stdout_dropped, stderr_dropped=proc.stderr_dropped)
         if held_slot:
             self._release_slot()
         try:
@@ -614,6 +626,98 @@ class Supervisor:
         finally:
             oskit.close_fd(pidfd)
 
+    # --- output, stdin, deletion -------------------------------------------------------
+
+    async def _guard_output(self) -> None:
+        """Once a second, keep every running child's output within max_output_bytes."""
+        while True:
+            await asyncio.sleep(OUTPUT_CHECK_INTERVAL)
+            for proc in list(self._live.values()):
+                if proc.state in ACTIVE_STATES:
+                    self._cap_output(proc)
+
+    def _cap_output(self, proc: Process) -> asyncio.Future[None] | None:
+        cap = self.config.max_output_bytes
+        stdout = self.outputs.enforce_cap(proc.id, "stdout", cap, proc.stdout_dropped)
+        stderr = self.outputs.enforce_cap(proc.id, "stderr", cap, proc.stderr_dropped)
+        if (stdout, stderr) == (proc.stdout_dropped, proc.stderr_dropped):
+            return None
+        self.log.info("process.output_truncated", process_id=proc.id, stdout_dropped=stdout,
+                      stderr_dropped=stderr)
+        proc.stdout_dropped, proc.stderr_dropped = stdout, stderr
+        return self.registry.update(proc.id, stdout_dropped=stdout, stderr_dropped=stderr)
+
+    def is_active(self, process_id: int) -> bool:
+        """Whether the process may still change (queued, running or terminating)."""
+        return process_id in self._live
+
+    async def read_output(self, process_id: int, stream: str, offset: int,
+                          limit: int | None) -> tuple[int, bytes, Process]:
+        """(start offset, bytes, record) of a stream; bytes below the dropped mark are gone."""
+        record = self._live.get(process_id) or await self.get(process_id)
+        dropped = record.stdout_dropped if stream == "stdout" else record.stderr_dropped
+        start, data = self.outputs.read(process_id, stream, offset, limit, dropped)
+        return start, data, record
+
+    async def write_stdin(self, process_id: int, data: bytes, timeout: float = 30.0) -> int:
+        """Write to a child started with ``stdin: "pipe"``, never blocking the loop."""
+        if process_id not in self._live:
+            await self.get(process_id)  # NotFound for an unknown id
+        child = self._stdin_child(process_id)
+        async with child.stdin_lock:
+            view, written = memoryview(data), 0
+            while written < len(view):
+                if child.stdin_fd is None:
+                    raise Conflict(f"process {process_id} stdin is closed")
+                try:
+                    written += oskit.write_nonblocking(child.stdin_fd, view[written:])
+                except BlockingIOError:
+                    if not await self._writable(child.stdin_fd, timeout):
+                        raise Unavailable(f"process {process_id} is not reading its stdin "
+                                          f"({written} of {len(view)} bytes written)") from None
+                except BrokenPipeError:
+                    raise Conflict(f"process {process_id} closed its stdin") from None
+            return written
+
+    async def close_stdin(self, process_id: int) -> None:
+        if process_id not in self._live:
+            await self.get(process_id)  # NotFound for an unknown id
+        child = self._stdin_child(process_id)
+        oskit.close_fd(child.stdin_fd)
+        child.stdin_fd = None
+
+    def _stdin_child(self, process_id: int) -> Child:
+        proc = self._live.get(process_id)
+        child = self._children.get(process_id)
+        if proc is None or child is None or proc.state is not State.RUNNING:
+            raise Conflict(f"process {process_id} is not running")
+        if proc.stdin != "pipe":
+            raise Conflict(f"process {process_id} was not started with stdin: \"pipe\"")
+        if child.stdin_fd is None:
+            raise Conflict(f"process {process_id} stdin is closed")
+        return child
+
+    async def _writable(self, fd: int, timeout: float) -> bool:
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._loop.add_writer(fd, _resolve_future, future)
+        try:
+            await asyncio.wait_for(future, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._loop.remove_writer(fd)
+
+    async def delete(self, process_id: int) -> None:
+        """Forget an idle record and its output. Conflict unless idle."""
+        await self.get(process_id)
+        proc = self._live.get(process_id)
+        if proc is not None:
+            raise Conflict(f"process {process_id} is {proc.state.value}, not idle")
+        await self.registry.delete(process_id)
+        self.outputs.remove(process_id)
+        self.log.info("process.deleted", process_id=process_id)
+
     # --- reconciliation at start-up ------------------------------------------------
 
     async def _reconcile(self) -> None:
@@ -720,6 +824,11 @@ class Supervisor:
     async def _owned(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run state-changing work in an owned task; a cancelled caller does not cut it short."""
         return await asyncio.shield(self._spawn_task(coro))
+
+
+def _resolve_future(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _done() -> asyncio.Future[None]:

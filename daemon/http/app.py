@@ -6,7 +6,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..supervisor import Supervisor
-from . import compat, middlewares, routes
+from . import compat, interact, middlewares, routes, sse
 from .keys import CONFIG, RATE_LIMITER, SUPERVISOR
 from .ratelimit import RateLimiter
 
@@ -22,5 +22,7 @@ def make_app(config: Config, supervisor: Supervisor) -> web.Application:
     if config.rate_limit > 0:
         app[RATE_LIMITER] = RateLimiter(config.rate_limit, config.burst)
     app.router.add_routes(routes.routes)
+    app.router.add_routes(interact.routes)
+    app.router.add_routes(sse.routes)
     app.router.add_routes(compat.routes)
     return app

@@ -82,7 +82,7 @@ async def test_400_for_a_bad_timeout(client: Any, timeout: Any) -> None:
 async def test_default_timeout_is_30_seconds(client: Any) -> None:
     record = await start(client)
     response = await client.post(f"/api/process/terminate-gracefully/{record['pid']}")
-    assert response.status == 200
+    assert response.status == 200, await response.text()
     assert (await wait_idle(client, record["id"]))["exitState"] == "canceled"
 
 

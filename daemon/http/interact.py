@@ -1,0 +1,133 @@
+"""Talking to a running process: its output, its stdin, signals, a graceful stop, deletion."""
+
+from __future__ import annotations
+
+import asyncio
+import signal as signal_module
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import BadRequest
+from ..output import STREAMS
+from ..supervisor import Supervisor
+from . import parse
+from .keys import SUPERVISOR
+
+routes = web.RouteTableDef()
+
+FOLLOW_POLL = 0.05          # seconds between looks at a followed file
+MAX_STDIN_BYTES = 1024 * 1024
+MAX_GRACE = 86400.0
+
+
+def _supervisor(request: web.Request) -> Supervisor:
+    return request.app[SUPERVISOR]
+
+
+def _signal(value: Any, supervisor: Supervisor, field: str = "signal") -> int:
+    if value is None:
+        raise BadRequest(f"'{field}' is required: a name like \"SIGUSR1\" or a number")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise BadRequest(f"'{field}' must be a signal name or number")
+    try:
+        return supervisor.signal_number(value)
+    except ValueError as exc:
+        raise BadRequest(f"'{field}': {exc}") from None
+
+
+def _query_int(request: web.Request, name: str, default: int | None) -> int | None:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if text == "0" and name == "offset":
+        return 0
+    return parse.positive_int(text, f"query parameter '{name}'")
+
+
+@routes.get("/processes/{id}/output")
+async def output(request: web.Request) -> web.StreamResponse:
+    """Captured bytes of one stream, by range; ``follow=1`` streams until the process is idle."""
+    process_id = parse.path_id(request)
+    stream = request.query.get("stream", "stdout")
+    if stream not in STREAMS:
+        raise BadRequest("query parameter 'stream' must be stdout or stderr")
+    offset = _query_int(request, "offset", 0) or 0
+    limit = _query_int(request, "limit", None)
+    follow = request.query.get("follow", "0")
+    if follow not in ("0", "1", "true", "false"):
+        raise BadRequest("query parameter 'follow' must be 0 or 1")
+    supervisor = _supervisor(request)
+    start, data, _ = await supervisor.read_output(process_id, stream, offset, limit)
+    headers = {"X-Output-Offset": str(start), "X-Output-Next": str(start + len(data))}
+    if follow in ("0", "false"):
+        return web.Response(body=data, headers=headers, content_type="application/octet-stream")
+    response = web.StreamResponse(headers={"X-Output-Offset": str(start)})
+    response.content_type = "application/octet-stream"
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    position = start
+    while True:
+        active = supervisor.is_active(process_id)  # look before reading: no final bytes are missed
+        position, data, _ = await supervisor.read_output(process_id, stream, position, 1 << 20)
+        if data:
+            await response.write(data)
+            position += len(data)
+            continue
+        if not active:
+            break
+        await asyncio.sleep(FOLLOW_POLL)
+    await response.write_eof()
+    return response
+
+
+@routes.post("/processes/{id}/stdin")
+async def write_stdin(request: web.Request) -> web.Response:
+    process_id = parse.path_id(request)
+    data = await request.read()
+    if len(data) > MAX_STDIN_BYTES:
+        raise BadRequest(f"at most {MAX_STDIN_BYTES} bytes per write")
+    written = await _supervisor(request).write_stdin(process_id, data)
+    return web.json_response({"written": written})
+
+
+@routes.post("/processes/{id}/stdin/close")
+async def close_stdin(request: web.Request) -> web.Response:
+    await _supervisor(request).close_stdin(parse.path_id(request))
+    return web.Response(status=204)
+
+
+@routes.post("/processes/{id}/signal")
+async def send_signal(request: web.Request) -> web.Response:
+    """Deliver any signal (to the process, or ``group: true`` its process group); state unchanged."""
+    process_id = parse.path_id(request)
+    body = await parse.json_object(request, required=True)
+    supervisor = _supervisor(request)
+    number = _signal(body.get("signal"), supervisor)
+    group = body.get("group", False)
+    if not isinstance(group, bool):
+        raise BadRequest("'group' must be a boolean")
+    await supervisor.get(process_id)
+    supervisor.send_signal(process_id, number, group=group)
+    return web.json_response((await supervisor.get(process_id)).to_json())
+
+
+@routes.post("/processes/{id}/stop")
+async def stop(request: web.Request) -> web.Response:
+    """Graceful stop with a chosen first signal and grace, then SIGKILL; answers as kill does."""
+    process_id = parse.path_id(request)
+    body = await parse.json_object(request)
+    supervisor = _supervisor(request)
+    grace = body.get("grace")
+    if grace is not None:
+        grace = parse.number(grace, "grace", maximum=MAX_GRACE)
+    number = _signal(body["signal"], supervisor) if body.get("signal") is not None \
+        else int(signal_module.SIGTERM)
+    record = await supervisor.stop(process_id, grace=grace, sig=number)
+    return web.json_response(record.to_json())
+
+
+@routes.delete("/processes/{id}")
+async def delete(request: web.Request) -> web.Response:
+    await _supervisor(request).delete(parse.path_id(request))
+    return web.Response(status=204)
