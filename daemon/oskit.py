@@ -251,17 +251,18 @@ def close_fd(fd: int | None) -> None:
 # --- signals -----------------------------------------------------------------------
 
 def signal_number(value: str | int) -> int:
-    """Accept 15, "15", "TERM", "SIGTERM" (any case). ValueError if not a real signal."""
+    """Accept 15, "15", "TERM", "SIGTERM" (names in capitals). ValueError if not a real signal."""
     if isinstance(value, bool):
         raise ValueError("not a signal")
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+    if isinstance(value, int) or (isinstance(value, str) and value.isascii() and value.isdigit()
+                                  and not value.startswith("0")):
         number = int(value)
         if number not in valid_signals():
             raise ValueError(f"{value!r} is not a valid signal number")
         return number
     if not isinstance(value, str):
         raise ValueError("a signal is a name or a number")
-    name = value.strip().upper()
+    name = value
     if not name.startswith("SIG"):
         name = "SIG" + name
     try:

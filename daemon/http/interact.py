@@ -28,6 +28,8 @@ def _supervisor(request: web.Request) -> Supervisor:
 def _signal(value: Any, supervisor: Supervisor, field: str = "signal") -> int:
     if value is None:
         raise BadRequest(f"'{field}' is required: a name like \"SIGUSR1\" or a number")
+    if isinstance(value, float) and value.is_integer():  # JSON's 10.0 is the integer 10
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise BadRequest(f"'{field}' must be a signal name or number")
     try:
