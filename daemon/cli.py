@@ -1,8 +1,14 @@
-"""The ``stablehand`` command line: ``serve`` runs the daemon in the foreground.
+"""The ``stablehand`` command line: ``serve`` runs the daemon; the rest are its clients.
 
-Exit codes: 0 clean stop; 78 (EX_CONFIG) for a bad setting, with a message
-naming it; 1 when the daemon cannot start for another reason (a second daemon
-on the same state dir, a port in use...).
+Client commands talk to the daemon's Unix socket by default (``--socket``,
+``--url`` or $STABLEHAND_SOCKET / $STABLEHAND_URL choose another), print human
+tables, or JSON with ``--json``.
+
+Exit codes: ``serve``: 0 clean stop, 78 (EX_CONFIG) for a bad setting (the
+message names it), 1 when the daemon cannot start otherwise. Clients: 0 done,
+1 the daemon answered with an error (printed), 69 (EX_UNAVAILABLE) no daemon
+answered; ``wait`` and ``run --wait`` exit with the child's own exit code
+(128+N when signal N ended it, 1 when it failed without one).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stablehand", description="Stablehand process supervisor")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
+    from .cli_client import add_client_commands
+    add_client_commands(sub)
     return parser
 
 
@@ -61,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return run_serve(args)
-    return 2
+    from .cli_client import run_client
+    return run_client(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,278 @@
+"""A small client for Stablehand's native API, over the Unix socket or TCP.
+
+``Client`` is synchronous and uses only the standard library (the CLI uses it);
+``AsyncClient`` uses aiohttp, for agent frameworks that live in an event loop.
+Both raise :class:`ApiError` (with ``status`` and ``message``) for an error
+answer and :class:`ConnectionFailed` (saying what was tried and how to start
+the daemon) when nothing answers.
+
+    from daemon.client import Client
+    with Client() as sh:                      # the default socket, else 127.0.0.1:9371
+        record = sh.start(["sleep", "5"], ref="job-1")
+        final = sh.wait(record["id"])
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import DEFAULT_PORT, default_socket, default_state_dir
+
+START_HINT = "start the daemon with `stablehand serve` (or `systemctl start stablehand`)"
+
+
+class ApiError(Exception):
+    """The daemon answered with an error status."""
+
+    def __init__(self, status: int, message: str, body: Any = None) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+        self.body = body
+
+
+class ConnectionFailed(Exception):
+    """Nothing answered at the socket or URL that was tried."""
+
+
+def default_target() -> tuple[Path | None, str | None]:
+    """(socket path, base URL) a client uses when given neither: $STABLEHAND_SOCKET /
+    $STABLEHAND_URL, else the daemon's default socket if it exists, else TCP on 9371."""
+    if os.environ.get("STABLEHAND_URL"):
+        return None, os.environ["STABLEHAND_URL"].rstrip("/")
+    if os.environ.get("STABLEHAND_SOCKET"):
+        return Path(os.environ["STABLEHAND_SOCKET"]), None
+    path = default_socket(os.environ, default_state_dir(os.environ))
+    if path.exists():
+        return path, None
+    return None, f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self._path))
+        self.sock = sock
+
+
+class Client:
+    """Synchronous client. Give ``socket`` or ``url`` (and ``token``), or neither for the defaults."""
+
+    def __init__(self, socket_path: str | Path | None = None, url: str | None = None,
+                 token: str | None = None, timeout: float = 60.0) -> None:
+        if socket_path is None and url is None:
+            socket_path, url = default_target()
+        self.socket_path = Path(socket_path) if socket_path else None
+        self.url = url.rstrip("/") if url else None
+        self.token = token
+        self.timeout = timeout
+
+    @property
+    def target(self) -> str:
+        return f"unix socket {self.socket_path}" if self.socket_path else f"{self.url}"
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    # --- transport ---
+
+    def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
+        if self.socket_path is not None:
+            return _UnixConnection(self.socket_path, timeout)
+        parsed = urllib.parse.urlsplit(self.url or "")
+        if parsed.scheme == "https":
+            return http.client.HTTPSConnection(parsed.hostname or "", parsed.port, timeout=timeout)
+        return http.client.HTTPConnection(parsed.hostname or "", parsed.port, timeout=timeout)
+
+    def _open(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+              timeout: float | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        headers = {}
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        conn = self._connection(timeout if timeout is not None else self.timeout)
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+        except (ConnectionRefusedError, FileNotFoundError, socket.gaierror) as exc:
+            conn.close()
+            raise ConnectionFailed(f"no Stablehand daemon answers at {self.target} "
+                                   f"({exc.strerror or exc}); {START_HINT}") from None
+        except OSError as exc:
+            conn.close()
+            raise ConnectionFailed(f"talking to {self.target} failed: {exc}") from None
+        if response.status >= 400:
+            payload = response.read()
+            conn.close()
+            try:
+                parsed = json.loads(payload)
+                message = parsed.get("error", payload.decode()) if isinstance(parsed, dict) else str(parsed)
+            except ValueError:
+                parsed, message = None, payload.decode(errors="replace")
+            raise ApiError(response.status, message, parsed)
+        return conn, response
+
+    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+                ok: Sequence[int] = (), timeout: float | None = None) -> tuple[int, Any]:
+        """One call; returns (status, parsed JSON or raw bytes). ``ok``: error statuses to return."""
+        try:
+            conn, response = self._open(method, path, body, raw, timeout)
+        except ApiError as exc:
+            if exc.status in ok:
+                return exc.status, exc.body
+            raise
+        try:
+            payload = response.read()
+            if response.getheader("Content-Type", "").startswith("application/json"):
+                return response.status, json.loads(payload) if payload else None
+            return response.status, payload
+        finally:
+            conn.close()
+
+    # --- the API ---
+
+    def start(self, argv: Sequence[str] | None = None, *, command: str | None = None,
+              **options: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"argv": list(argv)} if argv is not None else {"command": command}
+        body.update({k: v for k, v in options.items() if v is not None})
+        return self.request("POST", "/processes", body)[1]
+
+    def list(self, state: str | None = None, ref: str | None = None, limit: int = 100,
+             cursor: str | None = None) -> dict[str, Any]:
+        query = {k: v for k, v in {"state": state, "ref": ref, "limit": limit, "cursor": cursor}.items()
+                 if v is not None}
+        return self.request("GET", "/processes?" + urllib.parse.urlencode(query))[1]
+
+    def get(self, process_id: int) -> dict[str, Any]:
+        return self.request("GET", f"/processes/{process_id}")[1]
+
+    def kill(self, process_id: int) -> dict[str, Any]:
+        return self.request("POST", f"/processes/{process_id}/signals/kill", {})[1]
+
+    def stop(self, process_id: int, grace: float | None = None, signal: str | int | None = None) -> dict[str, Any]:
+        body = {k: v for k, v in {"grace": grace, "signal": signal}.items() if v is not None}
+        return self.request("POST", f"/processes/{process_id}/stop", body)[1]
+
+    def signal(self, process_id: int, signal: str | int, group: bool = False) -> dict[str, Any]:
+        return self.request("POST", f"/processes/{process_id}/signal", {"signal": signal, "group": group})[1]
+
+    def delete(self, process_id: int) -> None:
+        self.request("DELETE", f"/processes/{process_id}")
+
+    def wait(self, process_id: int, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the process is idle (or ``timeout`` passes: then the current record)."""
+        import time
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = 30.0 if deadline is None else max(0.0, min(30.0, deadline - time.monotonic()))
+            status, record = self.request("GET", f"/processes/{process_id}/wait?timeout={step:g}",
+                                          ok=(408,), timeout=step + 30)
+            if status == 200 or (deadline is not None and time.monotonic() >= deadline):
+                return record
+
+    def output(self, process_id: int, stream: str = "stdout", offset: int = 0,
+               limit: int | None = None) -> bytes:
+        query = {"stream": stream, "offset": offset, **({"limit": limit} if limit else {})}
+        return self.request("GET", f"/processes/{process_id}/output?" + urllib.parse.urlencode(query))[1]
+
+    def follow(self, process_id: int, stream: str = "stdout") -> Iterator[bytes]:
+        """Output as it is written, until the process is idle."""
+        conn, response = self._open("GET", f"/processes/{process_id}/output?stream={stream}&follow=1",
+                                    timeout=None)
+        try:
+            while chunk := response.read1(65536):
+                yield chunk
+        finally:
+            conn.close()
+
+    def write_stdin(self, process_id: int, data: bytes) -> int:
+        return self.request("POST", f"/processes/{process_id}/stdin", raw=data)[1]["written"]
+
+    def close_stdin(self, process_id: int) -> None:
+        self.request("POST", f"/processes/{process_id}/stdin/close")
+
+    def events(self, process_id: int | None = None, ref: str | None = None) -> Iterator[dict[str, Any]]:
+        """State changes as they happen (endless)."""
+        query = urllib.parse.urlencode({k: v for k, v in {"id": process_id, "ref": ref}.items() if v})
+        conn, response = self._open("GET", "/events" + (f"?{query}" if query else ""), timeout=None)
+        try:
+            for raw in response:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("data: "):
+                    yield json.loads(line[6:])
+        finally:
+            conn.close()
+
+
+class AsyncClient:
+    """The same calls for asyncio code (aiohttp). Use ``async with AsyncClient() as sh``."""
+
+    def __init__(self, socket_path: str | Path | None = None, url: str | None = None,
+                 token: str | None = None) -> None:
+        if socket_path is None and url is None:
+            socket_path, url = default_target()
+        self.socket_path = Path(socket_path) if socket_path else None
+        self.base = url.rstrip("/") if url else "http://localhost"
+        self.token = token
+        self._session: Any = None
+
+    async def __aenter__(self) -> "AsyncClient":
+        import aiohttp
+        connector = aiohttp.UnixConnector(path=str(self.socket_path)) if self.socket_path else None
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._session = aiohttp.ClientSession(connector=connector, headers=headers)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._session.close()
+
+    async def request(self, method: str, path: str, body: Any = None, ok: Sequence[int] = ()) -> tuple[int, Any]:
+        import aiohttp
+        try:
+            async with self._session.request(method, self.base + path, json=body) as response:
+                payload = await response.read()
+                data = json.loads(payload) if response.content_type == "application/json" and payload \
+                    else payload
+                if response.status >= 400 and response.status not in ok:
+                    message = data.get("error", "") if isinstance(data, dict) else str(data)
+                    raise ApiError(response.status, message, data)
+                return response.status, data
+        except aiohttp.ClientConnectionError as exc:
+            target = f"unix socket {self.socket_path}" if self.socket_path else self.base
+            raise ConnectionFailed(f"no Stablehand daemon answers at {target} ({exc}); {START_HINT}") from None
+
+    async def start(self, argv: Sequence[str] | None = None, *, command: str | None = None,
+                    **options: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"argv": list(argv)} if argv is not None else {"command": command}
+        body.update({k: v for k, v in options.items() if v is not None})
+        return (await self.request("POST", "/processes", body))[1]
+
+    async def get(self, process_id: int) -> dict[str, Any]:
+        return (await self.request("GET", f"/processes/{process_id}"))[1]
+
+    async def kill(self, process_id: int) -> dict[str, Any]:
+        return (await self.request("POST", f"/processes/{process_id}/signals/kill", {}))[1]
+
+    async def wait(self, process_id: int, timeout: float = 30.0) -> dict[str, Any]:
+        return (await self.request("GET", f"/processes/{process_id}/wait?timeout={timeout:g}", ok=(408,)))[1]
+
+    async def output(self, process_id: int, stream: str = "stdout") -> bytes:
+        return (await self.request("GET", f"/processes/{process_id}/output?stream={stream}"))[1]
