@@ -142,6 +142,8 @@ class Process:
     request_hash: str | None = None
     stdout_dropped: int = 0
     stderr_dropped: int = 0
+    stdout_mode: str = "capture"
+    stderr_mode: str = "capture"
 
     def to_json(self) -> dict[str, Any]:
         """The public record: Cyrnel's fields first, then Stablehand's additions.

@@ -39,6 +39,7 @@ _COLUMNS = (
     "argv", "command", "env", "cwd", "timeout", "grace", "stdin", "pid", "pid_start_time",
     "boot_id", "exit_code", "exit_signal", "stop_reason", "stop_requested_at", "stop_grace",
     "stop_signal", "idempotency_key", "request_hash", "stdout_dropped", "stderr_dropped",
+    "stdout_mode", "stderr_mode",
 )
 _WRITABLE = frozenset(_COLUMNS) - {"id"}
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM processes"

@@ -36,6 +36,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -58,6 +59,7 @@ ID_VAR = "STABLEHAND_ID"
 INSTANCE_VAR = "STABLEHAND_INSTANCE"
 KILL_WAIT = 5.0          # after SIGKILL, how long to wait for the tree to vanish
 OUTPUT_CHECK_INTERVAL = 1.0
+DEVNULL = Path(os.devnull)
 
 
 @dataclasses.dataclass(slots=True)
@@ -72,6 +74,8 @@ class StartSpec:
     timeout: float | None = None
     grace: float | None = None
     stdin: str = "null"   # "null" | "pipe"
+    stdout_mode: str = "capture"   # "capture" | "discard"
+    stderr_mode: str = "capture"
 
     def fingerprint(self) -> str:
         """Stable hash of the request, to tell an Idempotency-Key retry from a reuse."""
@@ -208,7 +212,8 @@ class Supervisor:
         state, _ = transition(None, event)
         proc = Process(id=0, state=state, argv=spec.argv, created_at=now_iso(), ref=spec.ref,
                        command=spec.command, env=spec.env, cwd=spec.cwd, timeout=spec.timeout,
-                       grace=spec.grace, stdin=spec.stdin, idempotency_key=key,
+                       grace=spec.grace, stdin=spec.stdin, stdout_mode=spec.stdout_mode,
+                       stderr_mode=spec.stderr_mode, idempotency_key=key,
                        request_hash=fingerprint)
         if state is State.RUNNING:
             self._busy += 1
@@ -268,6 +273,8 @@ class Supervisor:
         if proc.state is not State.RUNNING:
             return  # killed between admission and spawn: the kill path finishes it
         stdout, stderr = self.outputs.prepare(proc.id)
+        stdout = DEVNULL if proc.stdout_mode == "discard" else stdout
+        stderr = DEVNULL if proc.stderr_mode == "discard" else stderr
         try:
             spawned = oskit.spawn(proc.argv, self._child_env(proc), proc.cwd, stdout, stderr,
                                   stdin_pipe=proc.stdin == "pipe")
@@ -406,7 +413,12 @@ class Supervisor:
 
     def _begin_stop(self, proc: Process, reason: StopReason, grace: float | None,
                     sig: int) -> asyncio.Future[None]:
-        """Commit ``terminating``, then (in an owned task) signal and escalate."""
+        """Commit ``terminating``, then (in an owned task) signal and escalate.
+
+        A grace of 0 means no grace at all: the first signal is SIGKILL.
+        """
+        if grace == 0:
+            sig = signal.SIGKILL
         self._apply(proc, Event.KILL if reason is StopReason.KILL else Event.EXPIRE)
         proc.stop_reason, proc.stop_requested_at = reason, now_iso()
         proc.stop_grace, proc.stop_signal = grace, oskit.signal_name(sig)
@@ -678,6 +690,11 @@ class Supervisor:
                 except BrokenPipeError:
                     raise Conflict(f"process {process_id} closed its stdin") from None
             return written
+
+    def stdin_open(self, process_id: int) -> bool:
+        """Whether the process has a stdin pipe that can still be written."""
+        child = self._children.get(process_id)
+        return child is not None and child.stdin_fd is not None
 
     async def close_stdin(self, process_id: int) -> None:
         if process_id not in self._live:

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..supervisor import Supervisor
-from . import compat, interact, middlewares, routes, sse
+from . import compat, interact, middlewares, routes, sse, tensorlake
 from .keys import CONFIG, RATE_LIMITER, SUPERVISOR
 from .ratelimit import RateLimiter
 
@@ -24,5 +24,6 @@ def make_app(config: Config, supervisor: Supervisor) -> web.Application:
     app.router.add_routes(routes.routes)
     app.router.add_routes(interact.routes)
     app.router.add_routes(sse.routes)
+    app.router.add_routes(tensorlake.routes)
     app.router.add_routes(compat.routes)
     return app
