@@ -254,6 +254,10 @@ class Registry:
             "SELECT state, COUNT(*) FROM processes GROUP BY state")
         return {state: count for state, count in rows}
 
+    async def count(self) -> int:
+        rows = await self._reader.execute_fetchall("SELECT COUNT(*) FROM processes")
+        return rows[0][0]
+
     async def max_id(self) -> int:
         rows = await self._reader.execute_fetchall(
             "SELECT seq FROM sqlite_sequence WHERE name = 'processes'")

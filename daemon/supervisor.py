@@ -44,6 +44,7 @@ import structlog
 from . import oskit
 from .config import Config
 from .events import EventHub
+from .metrics import Metrics
 from .errors import Conflict, Forbidden, NotFound, Unavailable
 from .model import (
     ACTIVE_STATES, Event, ExitState, Process, State, StopReason, now_iso, iso_to_epoch,
@@ -117,7 +118,8 @@ class Supervisor:
         self._stop_sets: dict[int, dict[int, int]] = {}    # id -> tree members being stopped
         self._listeners: list[Listener] = []
         self.events = EventHub()
-        self._listeners.append(self.events.publish)
+        self.metrics = Metrics()
+        self._listeners += [self.events.publish, self.metrics.observe]
         self._guard: asyncio.Task[None] | None = None
         self._instance = ""
         self._boot_id = oskit.boot_id()
@@ -180,6 +182,10 @@ class Supervisor:
         if record is None:
             raise NotFound(f"process {process_id} not found")
         return record
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
 
     def counts(self) -> dict[str, int]:
         counts = collections.Counter(p.state.value for p in list(self._live.values()))

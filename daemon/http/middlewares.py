@@ -19,7 +19,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from ..errors import ApiError, Forbidden, Unauthorized
 from ..oskit import peer_credentials
-from .keys import CONFIG, RATE_LIMITER
+from .keys import CONFIG, RATE_LIMITER, SUPERVISOR
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger("stablehand.http")
@@ -63,7 +63,11 @@ async def _rendered(request: web.Request, handler: Handler) -> web.StreamRespons
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    return await _rendered(request, handler)
+    response = await _rendered(request, handler)
+    route = request.match_info.route.resource
+    template = route.canonical if route is not None else "unmatched"
+    request.app[SUPERVISOR].metrics.http_requests.labels(request.method, template, response.status).inc()
+    return response
 
 
 def _socket_of(request: web.BaseRequest) -> socket.socket | None:

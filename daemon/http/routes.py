@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from aiohttp import web
 
@@ -162,6 +163,15 @@ def openapi_document() -> dict[str, Any]:
 @routes.get("/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    supervisor = _supervisor(request)
+    body = supervisor.metrics.render(supervisor.counts(), supervisor.queue_length,
+                                     await supervisor.registry.count())
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @routes.get("/healthz")
