@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): Stablehand against the raw OS limit measured in the same run."""

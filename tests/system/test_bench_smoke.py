@@ -1,0 +1,17 @@
+"""The benchmark must not rot: run it on tiny sizes (its figures are not checked)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_quick_runs_and_reports_every_workload() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick"], capture_output=True, text=True,
+                            timeout=240, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for workload in ("B1", "B2", "B3", "B4", "B5", "B6", "B7"):
+        assert f"| {workload} |" in result.stdout
