@@ -118,6 +118,38 @@ def proc_table() -> list[ProcInfo]:
     return table
 
 
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``, from /proc/<pid>/task/*/children (no full /proc scan)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as handle:
+                found += [int(text) for text in handle.read().split()]
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def descendants(pid: int, not_before: int) -> list[ProcInfo]:
+    """Every descendant of ``pid`` by parent links, started no earlier than ``not_before`` ticks."""
+    found: list[ProcInfo] = []
+    frontier = [pid]
+    seen = {pid}
+    while frontier:
+        for child in children_of(frontier.pop()):
+            info = proc_info(child)
+            if child in seen or info is None or info.start_ticks < not_before:
+                continue
+            seen.add(child)
+            found.append(info)
+            frontier.append(child)
+    return found
+
+
 def open_verified_pidfd(pid: int, ticks: int | None) -> int | None:
     """A pidfd for ``pid`` if it is still the process that started at ``ticks``, else None."""
     if ticks is None:
@@ -334,8 +366,7 @@ def process_exists(pid: int) -> bool:
 
 
 def tree_of(leader_pid: int, leader_ticks: int, leader_reaped: bool,
-            table: Iterable[ProcInfo] | None = None,
-            orphans: Iterable[int] = ()) -> list[ProcInfo]:
+            table: Iterable[ProcInfo] | None = None) -> list[ProcInfo]:
     """The processes that belong to a child's tree, the leader excluded.
 
     That is its descendants (by parent links), plus whatever is still in its
@@ -343,8 +374,6 @@ def tree_of(leader_pid: int, leader_ticks: int, leader_reaped: bool,
     pid. Once the leader has been reaped its pid could in principle be reused,
     so group and session members are trusted only while no other process holds
     that pid (the kernel does not hand out a pid still used as a group id).
-    ``orphans`` are pids known to belong to this tree although their parent
-    link was lost (re-parented to the daemon); they and their descendants count.
     """
     table = list(proc_table() if table is None else table)
     by_parent: dict[int, list[ProcInfo]] = {}
@@ -359,10 +388,6 @@ def tree_of(leader_pid: int, leader_ticks: int, leader_reaped: bool,
             if info.pid != leader_pid and (info.pgrp == leader_pid or info.session == leader_pid) \
                     and info.start_ticks >= leader_ticks:
                 members[info.pid] = info
-    by_pid = {info.pid: info for info in table}
-    for pid in orphans:  # descendants re-parented to the daemon (we are a subreaper)
-        if pid in by_pid and pid != leader_pid:
-            members[pid] = by_pid[pid]
     roots = [leader_pid] if leader_is_ours else []
     roots += list(members)
     while roots:

@@ -457,9 +457,7 @@ class Supervisor:
         are added to it. Returns it.
         """
         leader_reaped = child.exited.done()
-        table = oskit.proc_table()
-        orphans = self._orphans_of(child.id, table)
-        for info in oskit.tree_of(child.pid, child.ticks, leader_reaped, table, orphans):
+        for info in self._tree(child, leader_reaped):
             if info.pid not in known and info.pid not in self._by_pid:
                 fd = oskit.open_verified_pidfd(info.pid, info.start_ticks)
                 if fd is not None:
@@ -472,16 +470,36 @@ class Supervisor:
             oskit.pidfd_signal(fd, sig)
         return known
 
-    def _orphans_of(self, process_id: int, table: list[oskit.ProcInfo]) -> list[int]:
+    def _tree(self, child: Child, leader_reaped: bool) -> list[oskit.ProcInfo]:
+        """The members of a child's tree, the leader excluded.
+
+        For our own children this walks parent links only: the daemon is a
+        subreaper, so every process the leader started is still its descendant
+        or has been re-parented to the daemon (an orphan that carries the
+        record's STABLEHAND_ID). Group and session members are among those.
+        A re-adopted leader is not under us, so its tree is read from a full
+        scan of /proc (group, session and descendants).
+        """
+        if not child.own:
+            table = oskit.proc_table()
+            return oskit.tree_of(child.pid, child.ticks, leader_reaped, table)
+        members = [] if leader_reaped else oskit.descendants(child.pid, child.ticks)
+        for orphan in self._orphans_of(child.id):
+            members.append(orphan)
+            members += oskit.descendants(orphan.pid, orphan.start_ticks)
+        return members
+
+    def _orphans_of(self, process_id: int) -> list[oskit.ProcInfo]:
         """Our direct children that are not leaders but carry this record's STABLEHAND_ID."""
-        me = oskit.own_pid()
         found = []
-        for info in table:
-            if info.ppid == me and info.pid not in self._by_pid:
-                marker = oskit.environ_marker(info.pid, (ID_VAR, INSTANCE_VAR))
-                if marker and marker.get(ID_VAR) == str(process_id) \
-                        and marker.get(INSTANCE_VAR) == self._instance:
-                    found.append(info.pid)
+        for pid in oskit.children_of(oskit.own_pid()):
+            if pid in self._by_pid:
+                continue
+            marker = oskit.environ_marker(pid, (ID_VAR, INSTANCE_VAR))
+            info = oskit.proc_info(pid)
+            if info is not None and marker and marker.get(ID_VAR) == str(process_id) \
+                    and marker.get(INSTANCE_VAR) == self._instance:
+                found.append(info)
         return found
 
     async def _stop_members(self, child: Child, members: dict[int, int],
