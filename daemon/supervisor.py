@@ -47,7 +47,7 @@ from .events import EventHub
 from .metrics import Metrics
 from .errors import Conflict, Forbidden, NotFound, Unavailable
 from .model import (
-    ACTIVE_STATES, Event, ExitState, Process, State, StopReason, now_iso, iso_to_epoch,
+    ACTIVE_STATES, Event, Process, State, StopReason, now_iso, iso_to_epoch,
     stopped_event, transition,
 )
 from .output import OutputStore

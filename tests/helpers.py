@@ -75,6 +75,21 @@ def marked_processes(process_id: int, instance: str | None = None) -> list[int]:
     return found
 
 
+async def printed(client: Any, process_id: int, text: str, stream: str = "stdout") -> bool:
+    """Whether a process's captured output (read through the API) contains ``text``."""
+    response = await client.get(f"/processes/{process_id}/output", params={"stream": stream})
+    return text.encode() in await response.read()
+
+
+async def start_ignoring_term(client: Any, **body: Any) -> dict[str, Any]:
+    """Start IGNORE_TERM and return its record once its SIGTERM handler is in place."""
+    response = await client.post("/processes", json={"argv": IGNORE_TERM, **body})
+    assert response.status == 201, await response.text()
+    record = await response.json()
+    await async_wait_for(lambda: printed(client, record["id"], "ready"), what="the child to be ready")
+    return record
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

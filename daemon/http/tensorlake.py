@@ -255,7 +255,6 @@ async def _follow_lines(request: web.Request, process_id: int,
 
 async def follow(request: web.Request) -> web.StreamResponse:
     record = await _record_for(request)
-    supervisor = _supervisor(request)
     name = _stream_name(request)
     response = await _sse(request)
     async for stream, line in _follow_lines(request, record.id, _streams(name)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tests.helpers import IGNORE_TERM, alive, async_wait_for
+from tests.helpers import alive, start_ignoring_term
 from tests.compat.conftest import start, wait_idle
 
 CYRNEL_FIELDS = {"id", "ref", "state", "exitState", "error", "createdAt", "completedAt"}
@@ -74,9 +74,7 @@ async def test_404_unknown(client: Any) -> None:
 
 
 async def test_409_idle_and_terminating(client: Any) -> None:
-    record = await start(client, IGNORE_TERM, grace=60)
-    out = client.config.output_dir / str(record["id"]) / "stdout"
-    await async_wait_for(lambda: _ready(out))
+    record = await start_ignoring_term(client, grace=60)
     assert (await client.post(f"/processes/{record['id']}/signals/kill")).status == 200
     response = await client.post(f"/processes/{record['id']}/signals/kill")
     assert response.status == 409
@@ -87,6 +85,3 @@ async def test_409_idle_and_terminating(client: Any) -> None:
     assert response.status == 409
     assert await response.json() == {"error": f"process {record['id']} is already idle"}
 
-
-async def _ready(path: Any) -> bool:
-    return path.exists() and "ready" in path.read_text()

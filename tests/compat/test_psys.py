@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import IGNORE_TERM, alive, async_wait_for
+from tests.helpers import alive, start_ignoring_term
 from tests.compat.conftest import NO_SUCH_PID, record_of, start, wait_idle
 
 
@@ -28,9 +28,7 @@ async def test_pid_as_a_string_is_accepted(client: Any) -> None:
 
 
 async def test_sigterm_only_a_process_that_ignores_it_lives_on(client: Any) -> None:
-    record = await start(client, IGNORE_TERM, grace=0.1)
-    out = client.config.output_dir / str(record["id"]) / "stdout"
-    await async_wait_for(lambda: _ready(out))
+    record = await start_ignoring_term(client, grace=0.1)
     response = await client.post("/api/connections/kill", json={"pid": record["pid"]})
     assert response.status == 200 and await response.json() == {"ok": True}
     import asyncio
@@ -42,9 +40,6 @@ async def test_sigterm_only_a_process_that_ignores_it_lives_on(client: Any) -> N
     assert (await client.delete(f"/api/v1/processes/{record['pid']}")).status == 204
     assert not alive(record["pid"])
 
-
-async def _ready(path: Any) -> bool:
-    return path.exists() and "ready" in path.read_text()
 
 
 @pytest.mark.parametrize("body", [{}, {"pid": 0}, {"pid": -5}, {"pid": 1.5}, {"pid": "abc"},

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import IGNORE_TERM, alive, async_wait_for
+from tests.helpers import alive, start_ignoring_term
 from tests.compat.conftest import ISO_UTC, NO_SUCH_PID, start, wait_idle
 
 
@@ -33,9 +33,7 @@ async def test_200_when_the_process_is_gone(client: Any) -> None:
 
 
 async def test_sigterm_ignored_means_sigkill_after_timeout(client: Any) -> None:
-    record = await start(client, IGNORE_TERM)
-    out = client.config.output_dir / str(record["id"]) / "stdout"
-    await async_wait_for(lambda: _ready(out))
+    record = await start_ignoring_term(client)
     began = time.monotonic()
     response = await client.post(f"/api/process/terminate-gracefully/{record['pid']}",
                                  json={"timeout": 0.5})
@@ -45,9 +43,6 @@ async def test_sigterm_ignored_means_sigkill_after_timeout(client: Any) -> None:
     final = await wait_idle(client, record["id"])
     assert final["exitSignal"] == "SIGKILL"
 
-
-async def _ready(path: Any) -> bool:
-    return path.exists() and "ready" in path.read_text()
 
 
 async def test_400_for_a_stranger_or_nothing(client: Any, stranger: Any) -> None:

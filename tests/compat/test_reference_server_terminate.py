@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.helpers import IGNORE_TERM, alive, async_wait_for, descendants_of
+from tests.helpers import alive, async_wait_for, descendants_of, start_ignoring_term
 from tests.compat.conftest import ISO_UTC, NO_SUCH_PID, record_of, start, wait_idle
 
 
@@ -31,7 +31,7 @@ async def _has_children(pid: int, n: int) -> bool:
 
 
 async def test_200_force_sends_sigkill(client: Any) -> None:
-    record = await start(client, IGNORE_TERM, grace=60)
+    record = await start_ignoring_term(client, grace=60)
     response = await client.post(f"/api/processes/terminate/{record['pid']}", json={"force": True})
     assert response.status == 200 and (await response.json())["success"] is True
     final = await wait_idle(client, record["id"])
@@ -58,9 +58,7 @@ async def test_400_already_terminated(client: Any) -> None:
 
 
 async def test_400_while_terminating(client: Any) -> None:
-    record = await start(client, IGNORE_TERM, grace=60)
-    out = client.config.output_dir / str(record["id"]) / "stdout"
-    await async_wait_for(lambda: _ready(out))
+    record = await start_ignoring_term(client, grace=60)
     assert (await client.post(f"/api/processes/terminate/{record['pid']}")).status == 200
     response = await client.post(f"/api/processes/terminate/{record['pid']}")
     assert response.status == 400
@@ -69,9 +67,6 @@ async def test_400_while_terminating(client: Any) -> None:
     await client.delete(f"/api/v1/processes/{record['pid']}")
     await wait_idle(client, record["id"])
 
-
-async def _ready(path: Any) -> bool:
-    return path.exists() and "ready" in path.read_text()
 
 
 async def test_400_bad_pid_and_bad_force(client: Any) -> None:

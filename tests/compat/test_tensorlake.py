@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import IGNORE_TERM, alive, async_wait_for, descendants_of
+from tests.helpers import alive, async_wait_for, descendants_of, printed, start_ignoring_term
 from tests.compat.conftest import NO_SUCH_PID, record_of, start, wait_idle
 
 SIGNAL_REPORTER = ["python3", "-c",
@@ -15,9 +15,6 @@ SIGNAL_REPORTER = ["python3", "-c",
                    "print('ready', flush=True)\n"
                    "while True: time.sleep(1)"]
 
-
-async def _has(path: Any, text: str) -> bool:
-    return path.exists() and text in path.read_text()
 
 
 async def test_delete_204_kills_the_tree(client: Any) -> None:
@@ -59,12 +56,11 @@ async def test_delete_bad_pid_is_400_with_code(client: Any) -> None:
 
 async def test_signal_200_delivers_it_and_state_is_unchanged(client: Any) -> None:
     record = await start(client, SIGNAL_REPORTER)
-    out = client.config.output_dir / str(record["id"]) / "stdout"
-    await async_wait_for(lambda: _has(out, "ready"))
+    await async_wait_for(lambda: printed(client, record["id"], "ready"))
     response = await client.post(f"/api/v1/processes/{record['pid']}/signal", json={"signal": 10})
     assert response.status == 200
     assert await response.json() == {"success": True}
-    await async_wait_for(lambda: _has(out, "got USR1"))
+    await async_wait_for(lambda: printed(client, record["id"], "got USR1"))
     assert (await record_of(client, record["id"]))["state"] == "running"
     response = await client.post(f"/api/v1/processes/{record['pid']}/signal", json={"signal": 15})
     assert response.status == 200
@@ -94,9 +90,7 @@ async def test_signal_404_and_400_not_running(client: Any, stranger: Any) -> Non
 
 
 async def test_delete_finishes_a_terminating_process(client: Any) -> None:
-    record = await start(client, IGNORE_TERM, grace=60)
-    out = client.config.output_dir / str(record["id"]) / "stdout"
-    await async_wait_for(lambda: _has(out, "ready"))
+    record = await start_ignoring_term(client, grace=60)
     await client.post(f"/processes/{record['id']}/signals/kill")
     response = await client.delete(f"/api/v1/processes/{record['pid']}")
     assert response.status == 204

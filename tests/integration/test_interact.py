@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import alive, async_wait_for
+from tests.helpers import async_wait_for, printed
 from tests.integration.test_processes import start, wait_idle
 
 BOTH_STREAMS = ["python3", "-c",
@@ -97,17 +97,13 @@ SIGNAL_REPORTER = ["python3", "-c",
                    "while True: time.sleep(1)"]
 
 
-async def _has(client: Any, process_id: int, text: str) -> bool:
-    return text.encode() in await (await client.get(f"/processes/{process_id}/output")).read()
-
-
 @pytest.mark.parametrize("value", ["SIGUSR1", "USR1", 10, "10"])
 async def test_signal_by_name_or_number(client: Any, value: Any) -> None:
     record = await start(client, argv=SIGNAL_REPORTER)
-    await async_wait_for(lambda: _has(client, record["id"], "ready"))
+    await async_wait_for(lambda: printed(client, record["id"], "ready"))
     response = await client.post(f"/processes/{record['id']}/signal", json={"signal": value})
     assert response.status == 200 and (await response.json())["state"] == "running"
-    await async_wait_for(lambda: _has(client, record["id"], "got USR1"))
+    await async_wait_for(lambda: printed(client, record["id"], "got USR1"))
     await client.post(f"/processes/{record['id']}/signals/kill")
     await wait_idle(client, record["id"])
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from typing import Any
 
 import psutil
 
-from tests.helpers import IGNORE_TERM, alive, async_wait_for, descendants_of, marked_processes
+from tests.helpers import alive, async_wait_for, descendants_of, marked_processes, start_ignoring_term
 
 
 async def start(client: Any, **body: Any) -> dict[str, Any]:
@@ -57,18 +56,13 @@ async def test_start_kill_sleep(client: Any) -> None:
 
 
 async def test_sigterm_ignoring_child_is_sigkilled_after_grace(client: Any) -> None:
-    record = await start(client, argv=IGNORE_TERM, grace=0.3)
-    out = client.config.output_dir / str(record["id"]) / "stdout"
-    await async_wait_for(lambda: _has(out, "ready"), what="child ready")
+    record = await start_ignoring_term(client, grace=0.3)
     await client.post(f"/processes/{record['id']}/signals/kill")
     final = await wait_idle(client, record["id"])
     assert final["exitState"] == "canceled"
     assert final["exitSignal"] == "SIGKILL"
     assert not alive(record["pid"])
 
-
-async def _has(path: Any, text: str) -> bool:
-    return path.exists() and text in path.read_text()
 
 
 async def test_grandchildren_leave_nothing_behind(client: Any) -> None:
@@ -221,9 +215,7 @@ async def _state_is(client: Any, process_id: int, state: str) -> dict[str, Any] 
 
 
 async def test_kill_conflicts(client: Any) -> None:
-    record = await start(client, argv=IGNORE_TERM, grace=5)
-    out = client.config.output_dir / str(record["id"]) / "stdout"
-    await async_wait_for(lambda: _has(out, "ready"))
+    record = await start_ignoring_term(client, grace=5)
     assert (await client.post(f"/processes/{record['id']}/signals/kill")).status == 200
     again = await client.post(f"/processes/{record['id']}/signals/kill")
     assert again.status == 409

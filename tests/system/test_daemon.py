@@ -10,9 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.helpers import DaemonProcess, alive, wait_for
+from tests.helpers import DaemonProcess, alive
 
 
 def call(daemon: DaemonProcess, method: str, path: str, body: Any = None,
