@@ -45,7 +45,6 @@ class SpawnError(Exception):
 class Spawned:
     pid: int
     pidfd: int
-    start_ticks: int
     stdin_fd: int | None
 
 
@@ -220,9 +219,7 @@ def spawn(
     # The child is unreaped (only we reap it), so its pid cannot be recycled yet:
     # this pidfd is certain to name it, even if it has already exited.
     pidfd = os.pidfd_open(pid)
-    ticks = start_ticks(pid)
-    return Spawned(pid=pid, pidfd=pidfd, start_ticks=ticks if ticks is not None else -1,
-                   stdin_fd=stdin_write)
+    return Spawned(pid=pid, pidfd=pidfd, stdin_fd=stdin_write)
 
 
 def _decode_status(status: int) -> ExitStatus:

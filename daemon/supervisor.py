@@ -287,16 +287,23 @@ class Supervisor:
         except (oskit.SpawnError, OSError) as exc:
             await self._finish(proc, Event.SPAWN_FAILED, error=str(exc))
             return
-        child = Child(id=proc.id, pid=spawned.pid, ticks=spawned.start_ticks, pidfd=spawned.pidfd,
+        child = Child(id=proc.id, pid=spawned.pid, ticks=-1, pidfd=spawned.pidfd,
                       own=True, exited=self._loop.create_future(), stdin_fd=spawned.stdin_fd)
         self._watch(child)
-        proc.pid, proc.pid_start_time = spawned.pid, spawned.start_ticks
-        proc.boot_id, proc.started_at = self._boot_id, now_iso()
-        commit = self.registry.update(proc.id, pid=proc.pid, pid_start_time=proc.pid_start_time,
-                                      boot_id=proc.boot_id, started_at=proc.started_at)
+        proc.pid, proc.boot_id, proc.started_at = spawned.pid, self._boot_id, now_iso()
+        commit = self.registry.update(proc.id, pid=proc.pid, boot_id=proc.boot_id,
+                                      started_at=proc.started_at)
         self._arm_timeout(proc, child)
         self.log.info("process.spawned", process_id=proc.id, pid=spawned.pid)
         await commit
+        # The start time proves identity after a restart. It is read only now, once
+        # the child is past exec (reading /proc/<pid>/stat during exec waits on it);
+        # until it is stored, a restarted daemon identifies the child by its
+        # STABLEHAND_ID marker instead. Our own unreaped child cannot be recycled.
+        ticks = None if child.exited.done() else oskit.start_ticks(spawned.pid)
+        if ticks is not None:
+            child.ticks = proc.pid_start_time = ticks
+            self.registry.update(proc.id, pid_start_time=ticks)
 
     def _watch(self, child: Child) -> None:
         self._children[child.id] = child
@@ -578,9 +585,15 @@ class Supervisor:
     # --- waiting and signals ---------------------------------------------------------
 
     async def wait(self, process_id: int, timeout: float | None) -> tuple[Process, bool]:
-        """The record once idle (True), or as it is when ``timeout`` passes (False)."""
-        record = await self.get(process_id)
-        if process_id in self._live:
+        """The record once idle (True), or as it is when ``timeout`` passes (False).
+
+        Liveness is checked before anything is awaited: a record leaves _live
+        only after its idle state is committed, so a record that is not live
+        reads back idle (or not at all: NotFound).
+        """
+        if process_id not in self._live:
+            record = await self.get(process_id)
+        else:
             waiter = self._loop.create_future()
             self._idle_waiters.setdefault(process_id, []).append(waiter)
             try:
@@ -770,8 +783,11 @@ class Supervisor:
             if proc.state is State.QUEUED:
                 self._queue.append(proc.id)
                 continue
-            if proc.pid is None and proc.id in marked:   # crashed between spawn and commit
-                proc.pid, proc.pid_start_time = marked[proc.id].pid, marked[proc.id].start_ticks
+            found = marked.get(proc.id)
+            if found is not None and (proc.pid is None or
+                                      (proc.pid == found.pid and proc.pid_start_time is None)):
+                # crashed between spawn and the commit of its pid or start time
+                proc.pid, proc.pid_start_time = found.pid, found.start_ticks
                 proc.boot_id, proc.started_at = self._boot_id, proc.started_at or now_iso()
                 await self.registry.update(proc.id, pid=proc.pid, pid_start_time=proc.pid_start_time,
                                            boot_id=proc.boot_id, started_at=proc.started_at)

@@ -272,3 +272,14 @@ async def test_client_disconnect_does_not_cancel_a_start(client: Any) -> None:
 async def _any_running(client: Any) -> list[Any]:
     rows = await client.registry.list()
     return [r for r in rows if r.pid is not None] if rows else []
+
+
+async def test_wait_right_after_a_fast_exit_is_never_a_false_408(client: Any) -> None:
+    """Regression: a wait that raced the idle commit used to answer 408 with a stale record."""
+    import asyncio
+
+    async def one() -> None:
+        record = await start(client, argv=["true"])
+        final = await wait_idle(client, record["id"])
+        assert final["exitState"] == "success"
+    await asyncio.gather(*[one() for _ in range(60)])
