@@ -114,7 +114,7 @@ class Supervisor:
         self._queue: collections.deque[int] = collections.deque()
         self._busy = 0                               # slots held (running + terminating)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._idle_waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._idle_waiters: dict[int, list[asyncio.Future[Process]]] = {}
         self._stop_sets: dict[int, dict[int, int]] = {}    # id -> tree members being stopped
         self._listeners: list[Listener] = []
         self.events = EventHub()
@@ -567,9 +567,10 @@ class Supervisor:
             del self._live[proc.id]  # only now: waiters registered meanwhile are still woken
         self.log.info("process.exited", process_id=proc.id, exit_state=proc.exit_state.value,
                       exit_code=proc.exit_code, exit_signal=proc.exit_signal, error=proc.error)
+        final = dataclasses.replace(proc)  # committed: waiters need not read it back
         for waiter in self._idle_waiters.pop(proc.id, []):
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(final)
         self._emit(proc)
 
     def _apply(self, proc: Process, event: Event) -> None:
@@ -597,14 +598,13 @@ class Supervisor:
             waiter = self._loop.create_future()
             self._idle_waiters.setdefault(process_id, []).append(waiter)
             try:
-                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                record = await asyncio.wait_for(asyncio.shield(waiter), timeout)
             except TimeoutError:
                 return await self.get(process_id), False
             finally:
                 waiters = self._idle_waiters.get(process_id, [])
                 if waiter in waiters:
                     waiters.remove(waiter)
-            record = await self.get(process_id)
         return record, record.state is State.IDLE
 
     @staticmethod

@@ -152,3 +152,13 @@ async def test_run_whose_client_disconnects_is_stopped(client: Any) -> None:
 async def _idle(client: Any, process_id: int) -> dict[str, Any] | None:
     record = await (await client.get(f"/processes/{process_id}")).json()
     return record if record["state"] == "idle" else None
+
+
+async def test_any_host_and_an_unneeded_authorization_are_accepted(client: Any) -> None:
+    headers = {"Host": "example-sandbox.sandbox.tensorlake.ai", "Authorization": "Bearer whatever"}
+    response = await client.post("/api/v1/processes", json={"command": "true"}, headers=headers)
+    assert response.status == 201
+    body = await response.json()
+    await _tl_idle(client, body["pid"])
+    response = await client.get(f"/api/v1/processes/{body['pid']}", headers=headers)
+    assert response.status == 200 and (await response.json())["status"] == "exited"
