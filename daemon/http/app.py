@@ -14,7 +14,7 @@ from .ratelimit import RateLimiter
 def make_app(config: Config, supervisor: Supervisor) -> web.Application:
     """Build the app around a started supervisor (its lifecycle belongs to the caller)."""
     app = web.Application(
-        middlewares=[middlewares.errors, middlewares.auth, middlewares.rate_limit],
+        middlewares=[middlewares.edge],
         client_max_size=config.max_body_bytes,
     )
     app[CONFIG] = config

@@ -1,4 +1,4 @@
-"""Middlewares: errors as JSON, bearer-token auth, rate limiting, the access log.
+"""The edge middleware (access control, rate limits, errors as JSON, metrics) and the access log.
 
 Every failure leaves as ``{"error": "..."}`` with its status: our ApiErrors,
 aiohttp's own 404/405/413, and (logged, never leaked) unexpected exceptions as
@@ -20,6 +20,7 @@ from aiohttp.abc import AbstractAccessLogger
 from ..errors import ApiError, Forbidden, Unauthorized
 from ..oskit import peer_credentials
 from .keys import CONFIG, RATE_LIMITER, SUPERVISOR
+from .ratelimit import Decision
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger("stablehand.http")
@@ -61,27 +62,12 @@ async def _rendered(request: web.Request, handler: Handler) -> web.StreamRespons
         return error_response(request, 500, "internal error")
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await _rendered(request, handler)
-    route = request.match_info.route.resource
-    template = route.canonical if route is not None else "unmatched"
-    request.app[SUPERVISOR].metrics.http_requests.labels(request.method, template, response.status).inc()
-    return response
-
-
 def _socket_of(request: web.BaseRequest) -> socket.socket | None:
     transport = request.transport
     return transport.get_extra_info("socket") if transport is not None else None
 
 
-def _is_unix(request: web.BaseRequest) -> bool:
-    sock = _socket_of(request)
-    return sock is not None and sock.family == socket.AF_UNIX
-
-
-def _peer_uid(request: web.BaseRequest) -> int | None:
-    sock = _socket_of(request)
+def _peer_uid(sock: socket.socket | None) -> int | None:
     if sock is None or sock.family != socket.AF_UNIX:
         return None
     try:
@@ -91,8 +77,7 @@ def _peer_uid(request: web.BaseRequest) -> int | None:
     return uid
 
 
-@web.middleware
-async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+def check_access(request: web.Request, sock: socket.socket | None) -> None:
     """Bearer token on every route but GET /healthz; Unix-socket clients per config.
 
     A Unix-socket client needs no token unless ``socket_requires_token``: the
@@ -101,10 +86,10 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """
     config = request.app[CONFIG]
     if request.method == "GET" and request.path == "/healthz":
-        return await handler(request)
-    unix = _is_unix(request)
+        return
+    unix = sock is not None and sock.family == socket.AF_UNIX
     if unix and config.socket_allowed_uids:
-        uid = _peer_uid(request)
+        uid = _peer_uid(sock)
         if uid not in config.socket_allowed_uids:
             raise Forbidden(f"uid {uid} may not use this socket")
     if config.token is not None and (not unix or config.socket_requires_token):
@@ -113,38 +98,57 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
                 presented.strip().encode(), config.token.encode()):
             raise Unauthorized("missing or invalid bearer token",
                                headers={"WWW-Authenticate": 'Bearer realm="stablehand"'})
-    return await handler(request)
 
 
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def _client_key(request: web.Request) -> str:
+def _client_key(request: web.Request, sock: socket.socket | None) -> str:
     token = request.headers.get("Authorization")
     if token:
         return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32]
-    uid = _peer_uid(request)
+    uid = _peer_uid(sock)
     if uid is not None:
         return f"uid:{uid}"
     return f"ip:{request.remote}"
 
 
+def _rate_limited(decision: Decision) -> web.Response:
+    return web.json_response(
+        {"error": "rate_limit_exceeded",
+         "message": f"Too many requests: retry in {decision.retry_after} s.",
+         "retryAfter": decision.retry_after},
+        status=429, headers=decision.headers())
+
+
 @web.middleware
-async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Cyrnel's contract: X-RateLimit-* on every limited response, 429 with Retry-After."""
-    limiter = request.app.get(RATE_LIMITER)
-    if limiter is None or request.method not in _MUTATING:
-        return await handler(request)
-    decision = limiter.take(_client_key(request))
-    if not decision.allowed:
-        return web.json_response(
-            {"error": "rate_limit_exceeded",
-             "message": f"Too many requests: retry in {decision.retry_after} s.",
-             "retryAfter": decision.retry_after},
-            status=429, headers=decision.headers())
-    response = await _rendered(request, handler)
-    if not response.prepared:
-        response.headers.update(decision.headers())
+async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one middleware: access control, rate limit, errors as JSON, request metrics.
+
+    One layer instead of four keeps the per-request cost low. Rate limiting
+    follows Cyrnel's contract: X-RateLimit-* on every limited response (errors
+    included), 429 with Retry-After when the client's bucket is empty.
+    """
+    sock = _socket_of(request)
+    decision = None
+    try:
+        check_access(request, sock)
+        limiter = request.app.get(RATE_LIMITER)
+        if limiter is not None and request.method in _MUTATING:
+            decision = limiter.take(_client_key(request, sock))
+    except ApiError as exc:
+        response: web.StreamResponse = error_response(request, exc.status, exc.message, exc.code,
+                                                      exc.headers or None)
+    else:
+        if decision is not None and not decision.allowed:
+            response = _rate_limited(decision)
+        else:
+            response = await _rendered(request, handler)
+            if decision is not None and not response.prepared:
+                response.headers.update(decision.headers())
+    route = request.match_info.route.resource
+    template = route.canonical if route is not None else "unmatched"
+    request.app[SUPERVISOR].metrics.http_requests.labels(request.method, template, response.status).inc()
     return response
 
 
