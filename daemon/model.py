@@ -47,10 +47,8 @@ class StopReason(StrEnum):
     TIMEOUT = "timeout"
 
 
-# States grouped by what may be done to them (as supervisord's states.py does).
-ACTIVE_STATES = frozenset({State.RUNNING, State.TERMINATING})   # a process exists
-KILLABLE_STATES = frozenset({State.QUEUED, State.RUNNING})
-SLOT_STATES = ACTIVE_STATES                                       # count against max_concurrent
+# States in which a process exists and holds a max_concurrent slot.
+ACTIVE_STATES = frozenset({State.RUNNING, State.TERMINATING})
 
 _NEW = None  # the "from" state of a record being created
 

@@ -238,22 +238,8 @@ class Registry:
         rows = await self._reader.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
-    async def counts_by_state(self) -> dict[str, int]:
-        rows = await self._reader.execute_fetchall(
-            "SELECT state, COUNT(*) FROM processes GROUP BY state")
-        return {state: count for state, count in rows}
-
     async def count(self) -> int:
         rows = await self._reader.execute_fetchall("SELECT COUNT(*) FROM processes")
-        return rows[0][0]
-
-    async def max_id(self) -> int:
-        rows = await self._reader.execute_fetchall(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'processes'")
-        return rows[0][0] if rows else 0
-
-    async def integrity_check(self) -> str:
-        rows = await self._reader.execute_fetchall("PRAGMA integrity_check")
         return rows[0][0]
 
 

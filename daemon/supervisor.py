@@ -171,10 +171,6 @@ class Supervisor:
         if self._loop is not None:
             self._loop.remove_signal_handler(signal.SIGCHLD)
 
-    def add_listener(self, listener: Listener) -> None:
-        """Called with a copy of the record after every committed state change."""
-        self._listeners.append(listener)
-
     # --- queries -------------------------------------------------------------------
 
     async def get(self, process_id: int) -> Process:
