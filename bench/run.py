@@ -184,6 +184,18 @@ async def read_rate(url: str, path: str, seconds: float) -> float:
         return count / (time.perf_counter() - began)
 
 
+async def scrape(session: aiohttp.ClientSession, url: str, seconds: float) -> int:
+    """A Prometheus scraper pulling /metrics every 100 ms (far more often than usual)."""
+    count = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        async with session.get(url + "/metrics") as response:
+            await response.read()
+            count += 1
+        await asyncio.sleep(0.1)
+    return count
+
+
 async def timed(session: aiohttp.ClientSession, method: str, url: str, reps: int, **kw: Any) -> float:
     samples = []
     for _ in range(reps):
@@ -237,6 +249,9 @@ async def bench(sizes: Sizes, workdir: Path) -> dict[str, Any]:
             results["b3_p99_ms"] = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
             results["b4_per_s"] = await churn(session, daemon.url, sizes.churn)
             results["b5_per_s"] = await read_rate(daemon.url, "/processes/1", sizes.read_seconds)
+            scraper = asyncio.ensure_future(scrape(session, daemon.url, sizes.read_seconds))
+            results["b5_scraped_per_s"] = await read_rate(daemon.url, "/processes/1", sizes.read_seconds)
+            results["scrapes"] = await scraper
 
             async def start_sleep(_: int) -> dict[str, Any]:
                 async with session.post(daemon.url + "/processes", json={"argv": ["sleep", "600"]}) as r:
@@ -274,6 +289,8 @@ def report(r: dict[str, Any], sizes: Sizes) -> str:
          f"raw {raw['churn_per_s']:.0f}/s", f"{r['b4_per_s'] / raw['churn_per_s']:.0%} of raw", ">= 50%"),
         ("B5", "GET /processes/{id}, 16 keep-alive clients", f"{r['b5_per_s']:.0f}/s",
          f"bare {r['bare_rate']:.0f}/s", f"{r['b5_per_s'] / r['bare_rate']:.0%} of bare", ">= 50%"),
+        ("B5+", "the same with /metrics scraped every 100 ms", f"{r['b5_scraped_per_s']:.0f}/s",
+         f"{r['scrapes']} scrapes", f"{r['b5_scraped_per_s'] / r['b5_per_s']:.0%} of B5", "not slower"),
         ("B6", f"{sizes.records} records: start-up / list 100 / create",
          f"{r['b6_startup_s']:.2f} s / {r['b6_list_ms']:.1f} ms / {r['b6_create_ms']:.1f} ms",
          f"empty create {r['empty_create_ms']:.1f} ms",
