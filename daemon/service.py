@@ -89,6 +89,8 @@ async def open_core(config: Config) -> tuple[Registry, Supervisor]:
 
 
 async def serve(config: Config, sd: systemd.SystemdEnv) -> int:
+    # 0700: the registry keeps each caller's env (often secrets) and the output files.
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     locks = [_lock(config.lock_path, f"state dir {config.state_dir}")]
     if config.socket is not None and not sd.listen_fds:
         _prepare_socket_dir(config.socket)

@@ -60,9 +60,10 @@ def test_same_api_on_tcp_and_unix_socket(daemon: Any) -> None:
     assert d.stop() == 0
 
 
-def test_unix_socket_is_private(daemon: Any) -> None:
+def test_unix_socket_and_state_dir_are_private(daemon: Any) -> None:
     d = daemon().start()
     assert (d.socket_path.stat().st_mode & 0o777) == 0o600
+    assert (d.state_dir.stat().st_mode & 0o777) == 0o700, "the registry holds callers' env"
     d.stop()
     assert not d.socket_path.exists()
 
