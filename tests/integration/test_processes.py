@@ -283,3 +283,13 @@ async def test_wait_right_after_a_fast_exit_is_never_a_false_408(client: Any) ->
         final = await wait_idle(client, record["id"])
         assert final["exitState"] == "success"
     await asyncio.gather(*[one() for _ in range(60)])
+
+
+async def test_children_inherit_no_daemon_fds(client: Any, tmp_path: Any) -> None:
+    """Only stdin, stdout and stderr reach a child (sockets, pidfds, SQLite stay behind)."""
+    script = "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))"
+    for body in ({}, {"cwd": str(tmp_path)}):  # the posix_spawn path and the Popen path
+        record = await start(client, argv=["python3", "-c", script], **body)
+        await wait_idle(client, record["id"])
+        out = (client.config.output_dir / str(record["id"]) / "stdout").read_text()
+        assert out.strip() == "[0, 1, 2, 3]", out  # 3 is listdir's own handle
