@@ -164,13 +164,13 @@ def open_verified_pidfd(pid: int, ticks: int | None) -> int | None:
 
 
 def environ_marker(pid: int, names: Sequence[str]) -> dict[str, str] | None:
-    """The values of ``names`` in a process's environment, or None if unreadable."""
+    """The values of ``names`` in a process's environment ({} if it has none of them),
+    or None if its environment cannot be read."""
     try:
         env = psutil.Process(pid).environ()
     except (psutil.Error, OSError):
         return None
-    found = {name: env[name] for name in names if name in env}
-    return found or None
+    return {name: env[name] for name in names if name in env}
 
 
 # --- spawn and reap --------------------------------------------------------------

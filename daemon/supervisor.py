@@ -790,8 +790,8 @@ class Supervisor:
             pidfd = None
             if proc.pid is not None and proc.boot_id == self._boot_id:
                 pidfd = oskit.open_verified_pidfd(proc.pid, _ticks(proc.pid_start_time))
-            if pidfd is not None and not oskit.is_alive(proc.pid, _ticks(proc.pid_start_time)):
-                oskit.close_fd(pidfd)  # a zombie nobody reaped yet: it ended while we were down
+            if pidfd is not None and not self._still_ours(proc):
+                oskit.close_fd(pidfd)
                 pidfd = None
             if pidfd is None:
                 await self._record_lost(proc)
@@ -801,6 +801,19 @@ class Supervisor:
             proc = self._live.get(process_id)
             if proc is None or proc.pid != info.pid:
                 self._spawn_task(self._stop_stray(process_id, info))
+
+    def _still_ours(self, proc: Process) -> bool:
+        """Whether the process at ``proc.pid`` (start time already matched) is really this record's.
+
+        A zombie nobody reaped yet ended while we were down. A live process must
+        also carry this record's STABLEHAND_ID and instance when its environment
+        can be read: defence in depth on top of the start time.
+        """
+        if not oskit.is_alive(proc.pid, _ticks(proc.pid_start_time)):
+            return False
+        marker = oskit.environ_marker(proc.pid, (ID_VAR, INSTANCE_VAR))
+        return marker is None or (marker.get(ID_VAR) == str(proc.id)
+                                  and marker.get(INSTANCE_VAR) == self._instance)
 
     def _scan_markers(self) -> dict[int, oskit.ProcInfo]:
         """Session leaders on this machine that carry our instance's STABLEHAND_ID."""

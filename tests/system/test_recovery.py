@@ -131,6 +131,13 @@ def test_recycled_pid_is_treated_as_gone_and_never_signalled(daemon: Any) -> Non
     d.kill9()
     os.kill(record["pid"], signal.SIGKILL)
     wait_for(lambda: not alive(record["pid"]))
+    # A recycled pid belongs to a process started later: let the kernel's start-time
+    # clock move past the original's tick, as any real recycling would.
+    with contextlib.closing(sqlite3.connect(_db(d))) as conn:
+        ticks = conn.execute("SELECT pid_start_time FROM processes WHERE id = ?",
+                             (record["id"],)).fetchone()[0]
+    if ticks is not None:
+        wait_for(lambda: _uptime_ticks() > ticks + 1, what="the clock to pass the original tick")
     stranger = subprocess.Popen(["sleep", "60"])
     try:
         with contextlib.closing(sqlite3.connect(_db(d))) as conn, conn:
@@ -140,6 +147,33 @@ def test_recycled_pid_is_treated_as_gone_and_never_signalled(daemon: Any) -> Non
         assert after["state"] == "idle" and after["exitState"] == "failed"
         assert alive(stranger.pid), "a process with a different start time is a stranger"
         assert call(d, "POST", f"/processes/{record['id']}/signals/kill", {})[0] == 409
+        assert alive(stranger.pid)
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def _uptime_ticks() -> float:
+    with open("/proc/uptime") as handle:
+        return float(handle.read().split()[0]) * os.sysconf("SC_CLK_TCK")
+
+
+def test_stranger_with_the_same_start_time_but_no_marker_is_not_adopted(daemon: Any) -> None:
+    """Defence in depth: pid and start time match, but the process is not ours by its env."""
+    d = daemon().start()
+    _, record = call(d, "POST", "/processes", {"argv": ["sleep", "600"]})
+    d.kill9()
+    os.kill(record["pid"], signal.SIGKILL)
+    wait_for(lambda: not alive(record["pid"]))
+    stranger = subprocess.Popen(["sleep", "60"], env={"PATH": os.environ["PATH"]})
+    try:
+        stranger_ticks = int(Path(f"/proc/{stranger.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        with contextlib.closing(sqlite3.connect(_db(d))) as conn, conn:
+            conn.execute("UPDATE processes SET pid = ?, pid_start_time = ? WHERE id = ?",
+                         (stranger.pid, stranger_ticks, record["id"]))
+        d.start()
+        _, after = call(d, "GET", f"/processes/{record['id']}")
+        assert after["state"] == "idle" and after["exitState"] == "failed"
         assert alive(stranger.pid)
     finally:
         stranger.kill()
