@@ -70,7 +70,7 @@ async def test_allowed_programs_confine_what_may_run(make_daemon: Any) -> None:
 
 
 async def test_rate_limit_429_with_headers_and_refill(make_daemon: Any) -> None:
-    client = await make_daemon(rate_limit=5.0, rate_burst=3)
+    client = await make_daemon(rate_limit=1.0, rate_burst=3)  # refills 1 token per second
     statuses = []
     for _ in range(4):
         response = await client.post("/api/connections/kill", json={"pid": 999_999})
