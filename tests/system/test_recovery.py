@@ -125,12 +125,19 @@ def test_terminating_record_is_finished_after_restart(daemon: Any) -> None:
     assert not alive(record["pid"])
 
 
-def test_recycled_pid_is_treated_as_gone_and_never_signalled(daemon: Any) -> None:
-    d = daemon().start()
+def _crash_then_lose_the_child(d: DaemonProcess) -> dict[str, Any]:
+    """Start a child, kill -9 the daemon, then kill the child while no daemon watches it."""
+    d.start()
     _, record = call(d, "POST", "/processes", {"argv": ["sleep", "600"]})
     d.kill9()
     os.kill(record["pid"], signal.SIGKILL)
     wait_for(lambda: not alive(record["pid"]))
+    return record
+
+
+def test_recycled_pid_is_treated_as_gone_and_never_signalled(daemon: Any) -> None:
+    d = daemon()
+    record = _crash_then_lose_the_child(d)
     # A recycled pid belongs to a process started later: let the kernel's start-time
     # clock move past the original's tick, as any real recycling would.
     with contextlib.closing(sqlite3.connect(_db(d))) as conn:
@@ -160,11 +167,8 @@ def _uptime_ticks() -> float:
 
 def test_stranger_with_the_same_start_time_but_no_marker_is_not_adopted(daemon: Any) -> None:
     """Defence in depth: pid and start time match, but the process is not ours by its env."""
-    d = daemon().start()
-    _, record = call(d, "POST", "/processes", {"argv": ["sleep", "600"]})
-    d.kill9()
-    os.kill(record["pid"], signal.SIGKILL)
-    wait_for(lambda: not alive(record["pid"]))
+    d = daemon()
+    record = _crash_then_lose_the_child(d)
     stranger = subprocess.Popen(["sleep", "60"], env={"PATH": os.environ["PATH"]})
     try:
         stranger_ticks = int(Path(f"/proc/{stranger.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
