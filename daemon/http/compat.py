@@ -39,7 +39,6 @@ from .keys import CONFIG, SUPERVISOR
 routes = web.RouteTableDef()
 
 MAX_GRACEFUL_TIMEOUT = 3600.0
-MAX_PID = 2**31 - 1
 
 
 def _supervisor(request: web.Request) -> Supervisor:
@@ -51,10 +50,7 @@ def _allow_unmanaged(request: web.Request) -> bool:
 
 
 def _pid_from_path(request: web.Request) -> int | None:
-    text = request.match_info["pid"]
-    if text.isascii() and text.isdigit() and not text.startswith("0") and int(text) <= MAX_PID:
-        return int(text)
-    return None
+    return parse.os_pid(request.match_info["pid"])
 
 
 async def _running_record(supervisor: Supervisor, pid: int) -> tuple[Process | None, bool]:
@@ -156,7 +152,7 @@ def _psys_pid(body: dict[str, Any] | None) -> int | None:
         raw = int(raw)
     if isinstance(raw, str) and raw.isascii() and raw.isdigit():
         raw = int(raw)
-    if isinstance(raw, int) and 0 < raw <= MAX_PID:
+    if isinstance(raw, int) and 0 < raw <= parse.MAX_PID:
         return raw
     return None
 

@@ -38,13 +38,11 @@ def _signal(value: Any, supervisor: Supervisor, field: str = "signal") -> int:
         raise BadRequest(f"'{field}': {exc}") from None
 
 
-def _query_int(request: web.Request, name: str, default: int | None) -> int | None:
+def _query_int(request: web.Request, name: str, default: int | None, minimum: int = 1) -> int | None:
     text = request.query.get(name)
     if text is None:
         return default
-    if text == "0" and name == "offset":
-        return 0
-    return parse.positive_int(text, f"query parameter '{name}'")
+    return parse.whole_number(text, f"query parameter '{name}'", minimum)
 
 
 @routes.get("/processes/{id}/output")
@@ -54,7 +52,7 @@ async def output(request: web.Request) -> web.StreamResponse:
     stream = request.query.get("stream", "stdout")
     if stream not in STREAMS:
         raise BadRequest("query parameter 'stream' must be stdout or stderr")
-    offset = _query_int(request, "offset", 0) or 0
+    offset = _query_int(request, "offset", 0, minimum=0) or 0
     limit = _query_int(request, "limit", None)
     follow = request.query.get("follow", "0")
     if follow not in ("0", "1", "true", "false"):

@@ -15,6 +15,7 @@ from aiohttp import web
 from ..errors import BadRequest, UnsupportedMediaType
 
 MAX_ID = 2**63 - 1
+MAX_PID = 2**31 - 1
 _JSON_TYPES = ("application/json",)
 
 
@@ -48,16 +49,32 @@ async def json_object(request: web.Request, *, required: bool = False) -> dict[s
     return body
 
 
-def positive_int(text: str, what: str) -> int:
-    """A path or query value that must be a positive integer in range."""
+def whole_number(text: str, what: str, minimum: int = 1) -> int:
+    """A path or query value that must be an integer from ``minimum`` up, written plainly."""
+    kind = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
     if not text.isascii() or not text.isdigit():
-        raise BadRequest(f"invalid {what} {text!r}: must be a positive integer")
+        raise BadRequest(f"invalid {what} {text!r}: must be {kind}")
     value = int(text)
     if str(value) != text:
-        raise BadRequest(f"invalid {what} {text!r}: must be a positive integer without leading zeros")
-    if not 1 <= value <= MAX_ID:
-        raise BadRequest(f"invalid {what} {text!r}: must be between 1 and {MAX_ID}")
+        raise BadRequest(f"invalid {what} {text!r}: must be {kind} without leading zeros")
+    if not minimum <= value <= MAX_ID:
+        raise BadRequest(f"invalid {what} {text!r}: must be between {minimum} and {MAX_ID}")
     return value
+
+
+def positive_int(text: str, what: str) -> int:
+    return whole_number(text, what, 1)
+
+
+def os_pid(text: str) -> int | None:
+    """An OS pid written in a path (1 to 2**31-1, no leading zeros), or None.
+
+    The compatibility routes each answer a bad pid in their own document's words,
+    so this reports failure instead of raising.
+    """
+    if text.isascii() and text.isdigit() and not text.startswith("0") and int(text) <= MAX_PID:
+        return int(text)
+    return None
 
 
 def path_id(request: web.Request, name: str = "id", what: str = "process id") -> int:
@@ -102,3 +119,27 @@ def string(value: Any, field: str, *, allow_empty: bool = False, max_length: int
     if len(value) > max_length:
         raise BadRequest(f"'{field}' is longer than {max_length} characters")
     return value
+
+
+def env_map(value: Any, field: str = "env") -> dict[str, str]:
+    """An environment to add: an object of strings (None means none), names without '='."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"'{field}' must be an object of strings")
+    for key, item in value.items():
+        string(key, field)
+        if "=" in key:
+            raise BadRequest(f"'{field}' name {key!r} must not contain '='")
+        string(item, f"{field}.{key}", allow_empty=True)
+    return dict(value)
+
+
+def absolute_path(value: Any, field: str) -> str | None:
+    """An optional absolute path (a working directory)."""
+    if value is None:
+        return None
+    path = string(value, field, max_length=4096)
+    if not path.startswith("/"):
+        raise BadRequest(f"'{field}' must be an absolute path")
+    return path

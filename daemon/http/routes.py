@@ -53,19 +53,8 @@ def start_spec(body: dict[str, Any]) -> StartSpec:
     else:
         command = parse.string(body["command"], "command")
         argv = ["/bin/sh", "-c", command]
-    env = body.get("env") or {}
-    if not isinstance(env, dict):
-        raise BadRequest("'env' must be an object of strings")
-    for key, value in env.items():
-        parse.string(key, "env")
-        if "=" in key:
-            raise BadRequest(f"'env' name {key!r} must not contain '='")
-        parse.string(value, f"env.{key}", allow_empty=True)
-    cwd = body.get("cwd")
-    if cwd is not None:
-        cwd = parse.string(cwd, "cwd", max_length=4096)
-        if not cwd.startswith("/"):
-            raise BadRequest("'cwd' must be an absolute path")
+    env = parse.env_map(body.get("env"))
+    cwd = parse.absolute_path(body.get("cwd"), "cwd")
     ref = body.get("ref")
     if ref is not None:
         ref = parse.string(ref, "ref", max_length=1024)
@@ -79,7 +68,7 @@ def start_spec(body: dict[str, Any]) -> StartSpec:
     stdin = "null" if stdin is None else stdin
     if stdin not in ("null", "pipe"):
         raise BadRequest("'stdin' must be \"null\" or \"pipe\"")
-    return StartSpec(argv=argv, command=command, env=dict(env), cwd=cwd, ref=ref,
+    return StartSpec(argv=argv, command=command, env=env, cwd=cwd, ref=ref,
                      timeout=timeout, grace=grace, stdin=stdin)
 
 

@@ -96,19 +96,11 @@ def _spec(body: dict[str, Any], *, allow_pipe: bool = True, extra: frozenset[str
     if not isinstance(args, list):
         raise BadRequest("'args' must be an array of strings", code="invalid_request")
     args = [parse.string(a, "args", allow_empty=True) for a in args]
-    env = body.get("env") or {}
-    if not isinstance(env, dict):
-        raise BadRequest("'env' must be an object of strings", code="invalid_request")
-    for key, value in env.items():
-        parse.string(key, "env")
-        if "=" in key:
-            raise BadRequest(f"'env' name {key!r} must not contain '='", code="invalid_request")
-        parse.string(value, f"env.{key}", allow_empty=True)
-    cwd = body.get("working_dir")
-    if cwd is not None:
-        cwd = parse.string(cwd, "working_dir", max_length=4096)
-        if not cwd.startswith("/"):
-            raise BadRequest("'working_dir' must be an absolute path", code="invalid_request")
+    try:
+        env = parse.env_map(body.get("env"))
+        cwd = parse.absolute_path(body.get("working_dir"), "working_dir")
+    except BadRequest as exc:
+        raise BadRequest(exc.message, code="invalid_request") from None
     modes = {}
     for field, allowed in (("stdin_mode", ("closed", "pipe") if allow_pipe else ("closed",)),
                            ("stdout_mode", ("capture", "discard")),
@@ -117,16 +109,17 @@ def _spec(body: dict[str, Any], *, allow_pipe: bool = True, extra: frozenset[str
         if value not in allowed:
             raise BadRequest(f"'{field}' must be one of {', '.join(allowed)}", code="invalid_request")
         modes[field] = value
-    return StartSpec(argv=[command, *args], env=dict(env), cwd=cwd,
+    return StartSpec(argv=[command, *args], env=env, cwd=cwd,
                      stdin="pipe" if modes["stdin_mode"] == "pipe" else "null",
                      stdout_mode=modes["stdout_mode"], stderr_mode=modes["stderr_mode"])
 
 
 async def _record_for(request: web.Request) -> Process:
     text = request.match_info["pid"]
-    if not (text.isascii() and text.isdigit() and not text.startswith("0") and int(text) < 2**31):
+    pid = parse.os_pid(text)
+    if pid is None:
         raise BadRequest(f"invalid pid {text!r}", code="invalid_pid")
-    record = await _supervisor(request).record_for_pid(int(text))
+    record = await _supervisor(request).record_for_pid(pid)
     if record is None:
         raise NotFound(f"process {text} not found", code="not_found")
     return record
