@@ -10,6 +10,7 @@ conflict (HTTP 409), never a silent no-op.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import datetime as _dt
 from enum import StrEnum
 from typing import Any
@@ -92,12 +93,8 @@ def stopped_event(reason: StopReason | str | None) -> Event:
 
 
 def now_iso() -> str:
-    """Current UTC time as ISO-8601 with milliseconds and a ``Z``."""
-    return to_iso(_dt.datetime.now(_dt.timezone.utc))
-
-
-def to_iso(moment: _dt.datetime) -> str:
-    return moment.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """Current UTC time as ISO-8601 with milliseconds and a ``Z``: 2026-01-01T00:00:00.000Z."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_iso(text: str) -> _dt.datetime:
@@ -143,6 +140,18 @@ class Process:
     stdout_mode: str = "capture"
     stderr_mode: str = "capture"
 
+    def columns(self) -> dict[str, Any]:
+        """Every field by name, values shared (not deep-copied as dataclasses.asdict would)."""
+        return dict(zip(_FIELD_NAMES, _all_fields(self)))
+
+    def copy(self) -> Process:
+        """A shallow snapshot (argv and env shared, as dataclasses.replace would).
+
+        Taken several times per transition, so it skips replace()'s field
+        introspection: one attrgetter call and a positional __init__.
+        """
+        return Process(*_all_fields(self))
+
     def to_json(self) -> dict[str, Any]:
         """The public record: Cyrnel's fields first, then Stablehand's additions.
 
@@ -169,3 +178,7 @@ class Process:
             "stdin": self.stdin,
             "outputTruncated": bool(self.stdout_dropped or self.stderr_dropped),
         }
+
+
+_FIELD_NAMES = tuple(field.name for field in dataclasses.fields(Process))
+_all_fields = operator.attrgetter(*_FIELD_NAMES)

@@ -7,9 +7,13 @@ process we did not just spawn, we open a pidfd first and only then check the
 start ticks: once the pidfd is open it pins that very process, so a check that
 passes after the open cannot be fooled by a recycle in between.
 
-Reaping. Exactly one thing reaps: :func:`reap`, called by the supervisor when a
-child's pidfd turns readable. Nothing here calls ``waitpid(-1)`` or psutil's
-``wait()``, and SIGCHLD keeps its default disposition.
+Reaping. Exactly one thing reaps: :func:`reap_all` (``waitpid(-1, WNOHANG)``),
+called by the supervisor on SIGCHLD and whenever a child's pidfd turns
+readable. Nothing else here waits for a process, psutil's ``wait()`` included.
+
+/proc is read with ``os.open``/``os.read`` into bytes, not through text files:
+these reads sit on the stop path of every process, and a buffered text file
+costs several times the syscalls themselves.
 
 Spawning uses ``subprocess.Popen`` for its careful fork/exec error reporting
 (which file was missing, whether chdir failed) with ``start_new_session=True``
@@ -76,18 +80,35 @@ def boot_id() -> str:
         return "unknown"
 
 
-def _parse_stat(pid: int, text: str) -> ProcInfo:
+def _read_proc(path: str) -> bytes | None:
+    """The whole of a /proc file, or None if it cannot be read (the process is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _parse_stat(pid: int, data: bytes) -> ProcInfo:
     # comm (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = text[text.rindex(")") + 2:].split()
+    fields = data[data.rindex(b")") + 2:].split()
     return ProcInfo(pid=pid, ppid=int(fields[1]), pgrp=int(fields[2]), session=int(fields[3]),
                     start_ticks=int(fields[19]))
 
 
 def proc_info(pid: int) -> ProcInfo | None:
+    data = _read_proc(f"/proc/{pid}/stat")
     try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return _parse_stat(pid, handle.read())
-    except (OSError, ValueError):
+        return None if data is None else _parse_stat(pid, data)
+    except (ValueError, IndexError):
         return None
 
 
@@ -118,19 +139,37 @@ def proc_table() -> list[ProcInfo]:
 
 
 def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid``, from /proc/<pid>/task/*/children (no full /proc scan)."""
+    """Direct children of ``pid``, from /proc/<pid>/task/*/children (no full /proc scan).
+
+    Every thread's file is read: a child belongs to the thread that forked it.
+    """
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return []
     found: list[int] = []
     for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as handle:
-                found += [int(text) for text in handle.read().split()]
-        except (OSError, ValueError):
-            continue
+        found += _pids(_read_proc(f"/proc/{pid}/task/{tid}/children"))
     return found
+
+
+def adopted_children() -> list[int]:
+    """This process's children that may have been re-parented to it (it is a subreaper).
+
+    Only the main thread's list is read: the kernel hands an orphan to the
+    subreaper's first live thread, its thread-group leader (``find_new_reaper``
+    and ``find_alive_thread`` in kernel/exit.c), while children spawned from
+    other threads are ours by pid anyway.
+    """
+    pid = os.getpid()
+    return _pids(_read_proc(f"/proc/{pid}/task/{pid}/children"))
+
+
+def _pids(data: bytes | None) -> list[int]:
+    try:
+        return [int(text) for text in data.split()] if data else []
+    except ValueError:
+        return []
 
 
 def descendants(pid: int, not_before: int) -> list[ProcInfo]:

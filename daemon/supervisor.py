@@ -60,6 +60,7 @@ ID_VAR = "STABLEHAND_ID"
 INSTANCE_VAR = "STABLEHAND_INSTANCE"
 KILL_WAIT = 5.0          # after SIGKILL, how long to wait for the tree to vanish
 OUTPUT_CHECK_INTERVAL = 1.0
+LATE_ORPHAN_PASSES = 3   # a stop's passes over its tree (see _run_stop)
 DEVNULL = Path(os.devnull)
 
 
@@ -114,7 +115,7 @@ class Supervisor:
         self._queue: collections.deque[int] = collections.deque()
         self._busy = 0                               # slots held (running + terminating)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._idle_waiters: dict[int, list[asyncio.Future[Process]]] = {}
+        self._idle_waiters: dict[int, list[asyncio.Future[Process | None]]] = {}
         self._stop_sets: dict[int, dict[int, int]] = {}    # id -> tree members being stopped
         self._listeners: list[Listener] = []
         self.events = EventHub()
@@ -125,6 +126,10 @@ class Supervisor:
         self._boot_id = oskit.boot_id()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        self._adopted_now: dict[str, list[oskit.ProcInfo]] | None = None
+        # What every child inherits from the daemon's environment, read once.
+        self._base_env = {k: v for k, v in os.environ.items()
+                          if k not in _PRIVATE_ENV_NAMES and not k.startswith(_PRIVATE_ENV_PREFIXES)}
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -220,7 +225,7 @@ class Supervisor:
         if state is State.RUNNING:
             self._busy += 1
         try:
-            proc.id = await self.registry.insert(dataclasses.asdict(proc) | {"id": None})
+            proc.id = await self.registry.insert(proc.columns() | {"id": None})
         except DuplicateKey:
             if state is State.RUNNING:
                 self._release_slot()
@@ -239,7 +244,7 @@ class Supervisor:
             await self._spawn(proc)
         else:
             self._queue.append(proc.id)
-        return dataclasses.replace(proc), True
+        return proc.copy(), True
 
     def _has_slot(self) -> bool:
         return self.config.max_concurrent == 0 or self._busy < self.config.max_concurrent
@@ -263,8 +268,7 @@ class Supervisor:
         await self._spawn(proc)
 
     def _child_env(self, proc: Process) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if k not in _PRIVATE_ENV_NAMES and not k.startswith(_PRIVATE_ENV_PREFIXES)}
+        env = self._base_env.copy()
         env.update(proc.env)
         env[ID_VAR] = str(proc.id)
         env[INSTANCE_VAR] = self._instance
@@ -345,7 +349,7 @@ class Supervisor:
             event, error = Event.EXITED_ERROR, f"killed by {status.signal_name}"
         else:
             event, error = Event.EXITED_ERROR, f"exited with status {status.code}"
-        self._spawn_task(self._finish(proc, event, status=status, error=error))
+        self._finish(proc, event, status=status, error=error)
         if oskit.group_has_members(child.pid):
             self._spawn_task(self._sweep(child))
 
@@ -388,13 +392,13 @@ class Supervisor:
                 raise Conflict(f"process {process_id} is already idle")
         if proc.state is State.QUEUED:
             self._queue.remove(process_id)
-            await self._owned(self._finish(proc, Event.KILL))
-            return dataclasses.replace(proc)
+            await asyncio.shield(self._finish(proc, Event.KILL))
+            return proc.copy()
         if proc.state is not State.RUNNING:
             raise Conflict(f"process {process_id} is already {proc.state.value}")
         grace = self._grace_of(proc) if grace is None else grace
         commit = self._begin_stop(proc, StopReason.KILL, grace if escalate else None, sig)
-        snapshot = dataclasses.replace(proc)
+        snapshot = proc.copy()
         await asyncio.shield(commit)
         return snapshot
 
@@ -440,17 +444,25 @@ class Supervisor:
     async def _run_stop(self, proc: Process, commit: Awaitable[None], sig: int,
                         grace: float | None) -> None:
         await commit
-        self._emit(proc)
         child = self._children.get(proc.id)
         status = None
-        if child is not None:  # None: killed before it was spawned, or it exited meanwhile
-            self.log.info("process.stopping", process_id=proc.id, signal=oskit.signal_name(sig),
-                          grace=grace)
-            members = self._stop_sets[proc.id] = self._signal_tree(child, sig, {})
+        if child is None:  # killed before it was spawned, or it exited meanwhile
+            self._emit(proc)
+        else:
             try:
-                status = await self._stop_members(child, members, grace)
+                for attempt in range(LATE_ORPHAN_PASSES):
+                    # The first pass takes the leader and its tree; later passes take
+                    # orphans re-parented to us while it was being stopped.
+                    members = self._stop_sets[proc.id] = self._signal_tree(child, sig, {})
+                    if attempt == 0:  # signals first: the event and the log can wait
+                        self._emit(proc)
+                        self.log.info("process.stopping", process_id=proc.id,
+                                      signal=oskit.signal_name(sig), grace=grace)
+                    status = await self._stop_members(child, members, grace)
+                    if not self._orphans_of(proc.id):
+                        break
             finally:
-                del self._stop_sets[proc.id]
+                self._stop_sets.pop(proc.id, None)
         await self._finish(proc, stopped_event(proc.stop_reason), status=status)
 
     def _signal_tree(self, child: Child, sig: int, known: dict[int, int]) -> dict[int, int]:
@@ -494,16 +506,33 @@ class Supervisor:
 
     def _orphans_of(self, process_id: int) -> list[oskit.ProcInfo]:
         """Our direct children that are not leaders but carry this record's STABLEHAND_ID."""
-        found = []
-        for pid in oskit.children_of(oskit.own_pid()):
-            if pid in self._by_pid:
-                continue
-            marker = oskit.environ_marker(pid, (ID_VAR, INSTANCE_VAR))
-            info = oskit.proc_info(pid)
-            if info is not None and marker and marker.get(ID_VAR) == str(process_id) \
-                    and marker.get(INSTANCE_VAR) == self._instance:
-                found.append(info)
-        return found
+        return self._adopted().get(str(process_id), [])
+
+    def _adopted(self) -> dict[str, list[oskit.ProcInfo]]:
+        """Orphans re-parented to the daemon, by the STABLEHAND_ID they carry.
+
+        The daemon's children list holds every child it runs, so reading it per
+        stop made a mass stop quadratic. It is read at most once per turn of the
+        event loop and shared by every stop begun in that turn. A process
+        orphaned after the read is caught by the pass that :meth:`_run_stop`
+        makes once the leader is gone.
+        """
+        if self._adopted_now is None:
+            found: dict[str, list[oskit.ProcInfo]] = {}
+            for pid in oskit.adopted_children():
+                if pid in self._by_pid:
+                    continue
+                marker = oskit.environ_marker(pid, (ID_VAR, INSTANCE_VAR))
+                info = oskit.proc_info(pid)
+                if info is not None and marker and ID_VAR in marker \
+                        and marker.get(INSTANCE_VAR) == self._instance:
+                    found.setdefault(marker[ID_VAR], []).append(info)
+            self._adopted_now = found
+            self._loop.call_soon(self._forget_adopted)
+        return self._adopted_now
+
+    def _forget_adopted(self) -> None:
+        self._adopted_now = None
 
     async def _stop_members(self, child: Child, members: dict[int, int],
                             grace: float | None) -> oskit.ExitStatus | None:
@@ -539,9 +568,14 @@ class Supervisor:
 
     # --- finishing -----------------------------------------------------------------
 
-    async def _finish(self, proc: Process, event: Event, *, status: oskit.ExitStatus | None = None,
-                      error: str | None = None) -> None:
-        """Move a record to idle, commit, free its slot and wake its waiters."""
+    def _finish(self, proc: Process, event: Event, *, status: oskit.ExitStatus | None = None,
+                error: str | None = None) -> asyncio.Task[None]:
+        """Move a record to idle and free its slot now; the returned (owned) task
+        completes once idle is committed and the record's waiters are woken.
+
+        The write is queued before this returns, not when a task first runs, so
+        an exit's commit starts in the same turn of the loop as its reap.
+        """
         held_slot = proc.state in ACTIVE_STATES
         if held_slot:
             self._cap_output(proc)
@@ -557,13 +591,16 @@ class Supervisor:
             stdout_dropped=proc.stdout_dropped, stderr_dropped=proc.stderr_dropped)
         if held_slot:
             self._release_slot()
+        return self._spawn_task(self._finished(proc, commit))
+
+    async def _finished(self, proc: Process, commit: Awaitable[None]) -> None:
         try:
             await commit
         finally:
             del self._live[proc.id]  # only now: waiters registered meanwhile are still woken
         self.log.info("process.exited", process_id=proc.id, exit_state=proc.exit_state.value,
                       exit_code=proc.exit_code, exit_signal=proc.exit_signal, error=proc.error)
-        final = dataclasses.replace(proc)  # committed: waiters need not read it back
+        final = proc.copy()  # committed: waiters need not read it back
         for waiter in self._idle_waiters.pop(proc.id, []):
             if not waiter.done():
                 waiter.set_result(final)
@@ -575,7 +612,7 @@ class Supervisor:
             proc.exit_state = exit_state
 
     def _emit(self, proc: Process) -> None:
-        snapshot = dataclasses.replace(proc)
+        snapshot = proc.copy()
         for listener in self._listeners:
             listener(snapshot)
 
@@ -590,18 +627,23 @@ class Supervisor:
         """
         if process_id not in self._live:
             record = await self.get(process_id)
-        else:
-            waiter = self._loop.create_future()
-            self._idle_waiters.setdefault(process_id, []).append(waiter)
-            try:
-                record = await asyncio.wait_for(asyncio.shield(waiter), timeout)
-            except TimeoutError:
-                return await self.get(process_id), False
-            finally:
-                waiters = self._idle_waiters.get(process_id, [])
-                if waiter in waiters:
-                    waiters.remove(waiter)
-        return record, record.state is State.IDLE
+            return record, record.state is State.IDLE
+        # A bare future and timer rather than wait_for(shield(...)): the waiter is this
+        # caller's alone, and each wrapper would add a turn of the loop to every wake-up.
+        waiter: asyncio.Future[Process | None] = self._loop.create_future()
+        self._idle_waiters.setdefault(process_id, []).append(waiter)
+        timer = None if timeout is None else self._loop.call_later(timeout, _resolve_future, waiter)
+        try:
+            record = await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            waiters = self._idle_waiters.get(process_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+        if record is None:  # timed out
+            return await self.get(process_id), False
+        return record, True
 
     @staticmethod
     def is_signal(number: int) -> bool:

@@ -8,7 +8,8 @@ from typing import Any
 
 import psutil
 
-from tests.helpers import alive, async_wait_for, descendants_of, marked_processes, start_ignoring_term
+from tests.helpers import (alive, async_wait_for, descendants_of, marked_processes, printed,
+                           start_ignoring_term)
 
 
 async def start(client: Any, **body: Any) -> dict[str, Any]:
@@ -111,6 +112,19 @@ async def test_double_forked_escapee_is_found_by_its_marker(client: Any) -> None
     assert marked_processes(record["id"], instance) == []
 
 
+async def test_process_orphaned_during_the_stop_is_stopped_too(client: Any) -> None:
+    # On SIGTERM the leader starts a new session and exits: that process never got
+    # the first signal and is re-parented to the daemon only once the stop is under way.
+    script = "trap 'setsid sleep 303 & exit 0' TERM; echo ready; while :; do sleep 0.05; done"
+    record = await start(client, command=script)
+    await async_wait_for(lambda: printed(client, record["id"], "ready"), what="trap in place")
+    instance = client.supervisor._instance
+    await client.post(f"/processes/{record['id']}/signals/kill")
+    final = await wait_idle(client, record["id"])
+    assert final["exitState"] == "canceled"
+    assert marked_processes(record["id"], instance) == []
+
+
 async def _marked(process_id: int, instance: str, n: int) -> bool:
     return len(marked_processes(process_id, instance)) >= n - 1
 
@@ -166,14 +180,17 @@ async def test_cwd_and_env_reach_the_child(client: Any, tmp_path: Any) -> None:
     assert out.strip() == f"{tmp_path} hello {record['id']}"
 
 
-async def test_private_variables_are_not_inherited(client: Any, monkeypatch: Any) -> None:
+async def test_private_variables_are_not_inherited(make_daemon: Any, monkeypatch: Any) -> None:
     for name in ("NOTIFY_SOCKET", "LISTEN_FDS", "WATCHDOG_USEC", "STABLEHAND_TOKEN"):
         monkeypatch.setenv(name, "secret")
+    monkeypatch.setenv("PLAIN_VARIABLE", "inherited")
+    client = await make_daemon()  # the daemon reads its environment once, at start
     record = await start(client, argv=["env"])
     await wait_idle(client, record["id"])
     out = (client.config.output_dir / str(record["id"]) / "stdout").read_text()
     for name in ("NOTIFY_SOCKET", "LISTEN_FDS", "WATCHDOG_USEC", "STABLEHAND_TOKEN"):
         assert f"{name}=" not in out
+    assert "PLAIN_VARIABLE=inherited" in out
     assert f"STABLEHAND_ID={record['id']}" in out
 
 
