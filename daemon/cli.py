@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import config as config_module
 from . import logs, systemd
@@ -35,6 +35,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--shutdown", metavar="MODE", help="on SIGTERM: 'stop' children (default) or 'detach'")
     serve.add_argument("--log-format", metavar="FORMAT", help="auto, json or console")
     serve.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
+    serve.add_argument("--event-loop", metavar="LOOP", help="uvloop (default) or asyncio")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,12 +58,23 @@ def run_serve(args: argparse.Namespace) -> int:
         return config_module.EX_CONFIG
     logs.configure(config.log_format, config.log_level)
     try:
-        return asyncio.run(serve(config, sd))
+        with asyncio.Runner(loop_factory=_loop_factory(config.event_loop)) as runner:
+            return runner.run(serve(config, sd))
     except (StartupError, RegistryError) as exc:
         print(f"stablehand: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop by default: it halves the event loop's cost per HTTP request (see README,
+    'Performance'). The supervisor needs nothing of it: children are watched through
+    pidfds, never through the loop's own child watcher or a SIGCHLD handler."""
+    if name == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

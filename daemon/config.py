@@ -79,6 +79,7 @@ class Config:
     rate_burst: int = 0              # bucket size; 0 = max(1, rate_limit)
     allowed_programs: tuple[str, ...] = ()      # empty: any program
     max_output_bytes: int = 64 * 1024 * 1024    # per stream; the oldest bytes are dropped past it
+    event_loop: str = "uvloop"       # uvloop | asyncio
 
     @property
     def burst(self) -> int:
@@ -242,6 +243,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "rate_burst": _non_negative_int,
     "allowed_programs": _string_list,
     "max_output_bytes": _positive_int,
+    "event_loop": _choice("uvloop", "asyncio"),
 }
 
 

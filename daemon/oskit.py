@@ -8,8 +8,8 @@ start ticks: once the pidfd is open it pins that very process, so a check that
 passes after the open cannot be fooled by a recycle in between.
 
 Reaping. Exactly one thing reaps: :func:`reap_all` (``waitpid(-1, WNOHANG)``),
-called by the supervisor on SIGCHLD and whenever a child's pidfd turns
-readable. Nothing else here waits for a process, psutil's ``wait()`` included.
+called by the supervisor whenever a child's pidfd turns readable and once a
+second. Nothing else here waits for a process, psutil's ``wait()`` included.
 
 /proc is read with ``os.open``/``os.read`` into bytes, not through text files:
 these reads sit on the stop path of every process, and a buffered text file

@@ -7,11 +7,14 @@ How it keeps its promises:
   keep the order of events), and the commit is awaited before the action it
   announces: a child is spawned only once ``running`` is committed, a signal is
   sent only once ``terminating`` is committed.
-* **One reaper.** The daemon is a child subreaper. ``_reap`` (on SIGCHLD and
-  whenever a child's pidfd turns readable) collects every exited child with
-  ``waitpid(-1, WNOHANG)`` and dispatches by pid; orphaned grandchildren are
-  reaped there too. Re-adopted processes (left by an earlier daemon) are not our
-  children: their pidfd alone says they ended, and their exit status is unknown.
+* **One reaper.** The daemon is a child subreaper. ``_reap`` (whenever a
+  child's pidfd turns readable, and once a second) collects every exited child
+  with ``waitpid(-1, WNOHANG)`` and dispatches by pid; orphaned grandchildren
+  are reaped there too. No SIGCHLD handler: exits are seen through pidfds, and
+  uvloop keeps SIGCHLD for itself; an orphan's zombie lasts at most a second
+  (its exit is seen at once through the pidfd a stop holds on it). Re-adopted
+  processes (left by an earlier daemon) are not our children: their pidfd alone
+  says they ended, and their exit status is unknown.
 * **Never signal a stranger.** Our own unreaped children are signalled through
   the pidfd taken at spawn (and their process group, safe while the leader is
   unreaped); every other process of the tree is signalled through a pidfd
@@ -59,7 +62,7 @@ _PRIVATE_ENV_NAMES = frozenset({"NOTIFY_SOCKET"})
 ID_VAR = "STABLEHAND_ID"
 INSTANCE_VAR = "STABLEHAND_INSTANCE"
 KILL_WAIT = 5.0          # after SIGKILL, how long to wait for the tree to vanish
-OUTPUT_CHECK_INTERVAL = 1.0
+HOUSEKEEPING_INTERVAL = 1.0
 LATE_ORPHAN_PASSES = 3   # a stop's passes over its tree (see _run_stop)
 DEVNULL = Path(os.devnull)
 
@@ -137,14 +140,13 @@ class Supervisor:
         """Take ownership: become subreaper, reconcile the registry, start the queue."""
         self._loop = asyncio.get_running_loop()
         oskit.become_subreaper()
-        self._loop.add_signal_handler(signal.SIGCHLD, self._reap)
         self._instance = await self.registry.get_meta("instance") or ""
         if not self._instance:
             self._instance = uuid.uuid4().hex
             await self.registry.set_meta("instance", self._instance)
         await self._reconcile()
         self._admit()
-        self._guard = self._loop.create_task(self._guard_output())
+        self._guard = self._loop.create_task(self._housekeeping())
 
     async def shutdown(self) -> None:
         """Stop (or detach from) every child, per the ``shutdown`` setting."""
@@ -173,8 +175,7 @@ class Supervisor:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         for child in list(self._children.values()):
             self._forget_child(child)
-        if self._loop is not None:
-            self._loop.remove_signal_handler(signal.SIGCHLD)
+        self._reap()
 
     # --- queries -------------------------------------------------------------------
 
@@ -715,10 +716,11 @@ class Supervisor:
 
     # --- output, stdin, deletion -------------------------------------------------------
 
-    async def _guard_output(self) -> None:
-        """Once a second, keep every running child's output within max_output_bytes."""
+    async def _housekeeping(self) -> None:
+        """Once a second: reap orphans that exited, keep output within max_output_bytes."""
         while True:
-            await asyncio.sleep(OUTPUT_CHECK_INTERVAL)
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            self._reap()
             for proc in list(self._live.values()):
                 if proc.state in ACTIVE_STATES:
                     self._cap_output(proc)

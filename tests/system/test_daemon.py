@@ -10,7 +10,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import DaemonProcess, alive
+import psutil
+import pytest
+
+from tests.helpers import DaemonProcess, alive, wait_for
 
 
 def call(daemon: DaemonProcess, method: str, path: str, body: Any = None,
@@ -46,8 +49,9 @@ def _unix_call(path: Path, method: str, target: str, data: bytes | None) -> tupl
         conn.close()
 
 
-def test_same_api_on_tcp_and_unix_socket(daemon: Any) -> None:
-    d = daemon().start()
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_same_api_on_tcp_and_unix_socket(daemon: Any, loop: str) -> None:
+    d = daemon("--event-loop", loop).start()
     status, created = call(d, "POST", "/processes", {"argv": ["sleep", "30"]}, unix=True)
     assert status == 201
     status, over_tcp = call(d, "GET", f"/processes/{created['id']}")
@@ -57,6 +61,27 @@ def test_same_api_on_tcp_and_unix_socket(daemon: Any) -> None:
     assert call(d, "POST", f"/processes/{created['id']}/signals/kill", {}, unix=True)[0] == 200
     status, final = call(d, "GET", f"/processes/{created['id']}/wait?timeout=10")
     assert status == 200 and final["exitState"] == "canceled"
+    assert d.stop() == 0
+
+
+def test_exited_orphans_are_reaped_without_a_sigchld_handler(daemon: Any) -> None:
+    # The subshell exits at once: its sleep is re-parented to the daemon (a subreaper)
+    # and exits 0.2 s later. The daemon's once-a-second reap must collect its zombie.
+    d = daemon().start()
+    status, created = call(d, "POST", "/processes", {"command": "(sleep 0.2 &) ; sleep 30"})
+    assert status == 201
+    assert d.proc is not None
+    daemon_process = psutil.Process(d.proc.pid)
+
+    def orphan_seen() -> bool:
+        return any(child.pid != created["pid"] for child in daemon_process.children())
+    wait_for(orphan_seen, 5, "the orphan to be re-parented to the daemon")
+
+    def only_the_leader_left() -> bool:
+        return [child.pid for child in daemon_process.children()] == [created["pid"]]
+    wait_for(only_the_leader_left, 5, "the orphan's zombie to be reaped")
+    assert call(d, "POST", f"/processes/{created['id']}/signals/kill", {})[0] == 200
+    assert call(d, "GET", f"/processes/{created['id']}/wait?timeout=10")[0] == 200
     assert d.stop() == 0
 
 
