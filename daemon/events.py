@@ -19,16 +19,23 @@ from .model import Process
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ChangeEvent:
+    """One committed change. Holds the record's snapshot and renders it only when a
+    subscriber sends it: most changes are published with nobody listening."""
+
     seq: int
-    record: dict[str, Any]
+    snapshot: Process
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return self.snapshot.to_json()
 
     @property
     def process_id(self) -> int:
-        return self.record["id"]
+        return self.snapshot.id
 
     @property
     def ref(self) -> str | None:
-        return self.record["ref"]
+        return self.snapshot.ref
 
 
 class EventHub:
@@ -40,7 +47,7 @@ class EventHub:
 
     def publish(self, record: Process) -> None:
         self._seq += 1
-        event = ChangeEvent(self._seq, record.to_json())
+        event = ChangeEvent(self._seq, record)  # already a snapshot (Supervisor._emit)
         self._ring.append(event)
         for queue in self._subscribers:
             if queue.full():

@@ -8,6 +8,8 @@ length, registry size) are read when /metrics is scraped.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .model import Process, State, iso_to_epoch
@@ -36,6 +38,15 @@ class Metrics:
                                       buckets=LATENCY_BUCKETS, registry=self.registry)
         self.http_requests = Counter("stablehand_http_requests", "HTTP requests by route and status",
                                      ["method", "route", "status"], registry=self.registry)
+        self._request_counters: dict[tuple[str, str, int], Any] = {}
+
+    def count_request(self, method: str, route: str, status: int) -> None:
+        """One HTTP request. The labelled child is looked up once per (method, route, status)."""
+        key = (method, route, status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._request_counters[key] = self.http_requests.labels(method, route, status)
+        counter.inc()
 
     def observe(self, record: Process) -> None:
         """Listener for committed state changes."""

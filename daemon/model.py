@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import time
 import datetime as _dt
 from enum import StrEnum
 from typing import Any
@@ -92,9 +93,21 @@ def stopped_event(reason: StopReason | str | None) -> Event:
     return Event.STOPPED_AFTER_EXPIRE if reason == StopReason.TIMEOUT else Event.STOPPED_AFTER_KILL
 
 
+_second_formatted: tuple[int, str] = (-1, "")
+
+
 def now_iso() -> str:
-    """Current UTC time as ISO-8601 with milliseconds and a ``Z``: 2026-01-01T00:00:00.000Z."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+    """Current UTC time as ISO-8601 with milliseconds and a ``Z``: 2026-01-01T00:00:00.000Z.
+
+    Several timestamps are taken per transition, so the date and time of the
+    current second are formatted once and reused.
+    """
+    global _second_formatted
+    now = time.time()
+    second = int(now)
+    if _second_formatted[0] != second:
+        _second_formatted = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second_formatted[1]}.{int((now - second) * 1000):03d}Z"
 
 
 def parse_iso(text: str) -> _dt.datetime:

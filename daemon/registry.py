@@ -6,9 +6,9 @@ caller that got a 2xx can rely on the row surviving a crash of the daemon.
 Writes go to one writer thread that commits whatever has queued up in a
 single transaction (group commit): under a burst of 200 spawns the daemon pays
 for a handful of commits instead of 400, while each caller still waits for its
-own commit. A batch is handed over the moment a write arrives and no batch is
-in flight, and its outcome comes back in one ``call_soon_threadsafe`` that
-settles every caller's future. That thread is our own (:class:`_WriterThread`)
+own commit. The thread takes every queued write whenever it is free (it never
+waits on the event loop between batches), and a batch's outcome comes back in
+one ``call_soon_threadsafe`` that settles every caller's future. That thread is our own (:class:`_WriterThread`)
 rather than aiosqlite's: a commit is on the critical path of every transition
 (a kill's 2xx waits for it), and aiosqlite's call-and-await costs a task start
 and two more turns of the event loop per commit, about 0.2 ms of a 2 ms kill.
@@ -25,6 +25,7 @@ migrations this code does not know refuses to open.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import queue
 import re
@@ -107,22 +108,28 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     return conn
 
 
-_Statement = tuple[str, tuple[Any, ...], bool]
-_Outcome = tuple[list[tuple[Any, BaseException | None]] | None, BaseException | None]
+_Write = tuple[str, tuple[Any, ...], bool, "asyncio.Future[Any]"]   # sql, params, insert, caller
 
 
 class _WriterThread:
     """The registry's write connection, alone on its own thread.
 
-    :meth:`submit` hands a batch over without awaiting anything; when it has
-    committed (or failed) ``done(results, error)`` is called on the event loop.
+    :meth:`put` queues one write without awaiting anything. Whenever the thread
+    is free it takes *every* write queued so far and commits them as one
+    transaction, so it never waits on the event loop between batches; each
+    batch's outcome comes back in one ``call_soon_threadsafe(settle, ...)``.
+    The callers' futures only travel through the thread: they are touched on
+    the loop alone.
     """
 
     _STOP = object()
 
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop,
+                 settle: Callable[[list[_Write], list[tuple[Any, BaseException | None]] | None,
+                                   BaseException | None], None]) -> None:
         self._loop = loop
-        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._settle = settle
+        self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         for pragma in _PRAGMAS:
             self._conn.execute(f"PRAGMA {pragma}")
@@ -130,39 +137,50 @@ class _WriterThread:
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, statements: list[_Statement], done: Callable[..., None]) -> None:
-        self._jobs.put((statements, done))
+    def put(self, write: _Write) -> None:
+        self._writes.put(write)
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not self._STOP:
-            statements, done = job
-            outcome: _Outcome
-            try:
-                outcome = _apply_batch(self._conn, statements), None
-            except BaseException as exc:  # reported to every caller of the batch
-                outcome = None, exc
-            try:
-                self._loop.call_soon_threadsafe(done, *outcome)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
+        stopping = False
+        while not stopping:
+            batch = [self._writes.get()]
+            while True:
+                try:
+                    batch.append(self._writes.get_nowait())
+                except queue.Empty:
+                    break
+            if batch[-1] is self._STOP:
+                stopping = True
+                batch.pop()
+            if batch:
+                self._commit(batch)
         self._conn.close()
 
+    def _commit(self, batch: list[_Write]) -> None:
+        results: list[tuple[Any, BaseException | None]] | None = None
+        error: BaseException | None = None
+        try:
+            results = _apply_batch(self._conn, [(sql, params, insert) for sql, params, insert, _ in batch])
+        except BaseException as exc:  # reported to every caller of the batch
+            error = exc
+        try:
+            self._loop.call_soon_threadsafe(self._settle, batch, results, error)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
     async def close(self) -> None:
-        """Stop after the batches already handed over; closes the connection."""
-        self._jobs.put(self._STOP)
+        """Commit what is queued, then stop and close the connection."""
+        self._writes.put(self._STOP)
         await asyncio.to_thread(self._thread.join)
 
 
 class Registry:
     """Async access to the processes table. Create with :meth:`open`."""
 
-    def __init__(self, path: Path, writer: _WriterThread, reader: aiosqlite.Connection) -> None:
+    def __init__(self, path: Path, reader: aiosqlite.Connection) -> None:
         self.path = path
-        self._writer = writer
         self._reader = reader
-        self._pending: list[tuple[str, tuple[Any, ...], asyncio.Future[Any], bool]] = []
-        self._in_flight: list[tuple[str, tuple[Any, ...], asyncio.Future[Any], bool]] | None = None
-        self._drained: asyncio.Future[None] | None = None
+        self._writer: _WriterThread | None = None
         self._closed = False
 
     @classmethod
@@ -171,61 +189,50 @@ class Registry:
         reader = await _connect(path)
         try:
             await _migrate(reader, known_migrations(migrations))
-            writer = await asyncio.to_thread(_WriterThread, path, asyncio.get_running_loop())
+            registry = cls(path, reader)
+            registry._writer = await asyncio.to_thread(
+                _WriterThread, path, asyncio.get_running_loop(), registry._settle)
         except BaseException:
             await reader.close()
             raise
-        return cls(path, writer, reader)
+        return registry
 
     async def close(self) -> None:
         """Commit what is queued, then close both connections."""
         if self._closed:
             return
         self._closed = True
-        if self._in_flight is not None:
-            self._drained = asyncio.get_running_loop().create_future()
-            await self._drained
+        if self._writer is not None:
+            await self._writer.close()
+            await asyncio.sleep(0)  # let the last batches' settle callbacks run
         await self._reader.close()
-        await self._writer.close()
 
     # --- writes (group-committed) ---
 
     def _enqueue(self, sql: str, params: tuple[Any, ...], *, insert: bool = False) -> asyncio.Future[Any]:
         """Queue a write now (order is call order); the future resolves once it is committed."""
-        if self._closed:
+        if self._closed or self._writer is None:
             raise RegistryError("registry is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((sql, params, future, insert))
-        if self._in_flight is None:
-            self._submit()
+        self._writer.put((sql, params, insert, future))
         return future
 
-    def _submit(self) -> None:
-        """Hand every queued write to the writer thread as one transaction."""
-        batch, self._pending = self._pending, []
-        self._in_flight = batch
-        self._writer.submit([(sql, params, insert) for sql, params, _, insert in batch], self._settle)
-
-    def _settle(self, results: list[tuple[Any, BaseException | None]] | None,
+    @staticmethod
+    def _settle(batch: list[_Write], results: list[tuple[Any, BaseException | None]] | None,
                 error: BaseException | None) -> None:
-        """On the loop: a batch is done. Resolve its callers, then hand over the next one."""
-        batch, self._in_flight = self._in_flight or [], None
+        """On the loop: a batch is done; resolve each caller's future."""
         if results is None:  # the whole batch failed: nobody's write is durable
-            for _, _, future, _ in batch:
+            for _, _, _, future in batch:
                 if not future.done():
                     future.set_exception(RegistryError(f"commit failed: {error}"))
-        else:
-            for (_, _, future, _), (value, failure) in zip(batch, results):
-                if future.done():
-                    continue
-                if failure is not None:
-                    future.set_exception(failure)
-                else:
-                    future.set_result(value)
-        if self._pending:
-            self._submit()
-        elif self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+            return
+        for (_, _, _, future), (value, failure) in zip(batch, results):
+            if future.done():
+                continue
+            if failure is not None:
+                future.set_exception(failure)
+            else:
+                future.set_result(value)
 
     # Writes are plain methods that queue at call time and return an awaitable, so
     # the supervisor's in-memory transition and its write are ordered together.
@@ -238,12 +245,8 @@ class Registry:
         return _translate_duplicate(future, fields.get("idempotency_key"))
 
     def update(self, process_id: int, **fields: Any) -> asyncio.Future[None]:
-        unknown = set(fields) - _WRITABLE
-        if unknown:
-            raise ValueError(f"unknown columns {sorted(unknown)}")
-        assignments = ", ".join(f"{k} = ?" for k in fields)
         params = tuple(_to_column(k, v) for k, v in fields.items()) + (process_id,)
-        return self._enqueue(f"UPDATE processes SET {assignments} WHERE id = ?", params)
+        return self._enqueue(_update_sql(tuple(fields)), params)
 
     def delete(self, process_id: int) -> asyncio.Future[None]:
         return self._enqueue("DELETE FROM processes WHERE id = ?", (process_id,))
@@ -302,6 +305,15 @@ class Registry:
     async def count(self) -> int:
         rows = await self._reader.execute_fetchall("SELECT COUNT(*) FROM processes")
         return rows[0][0]
+
+
+@functools.lru_cache(maxsize=64)
+def _update_sql(columns: tuple[str, ...]) -> str:
+    """UPDATE for a set of columns (the supervisor uses a handful of sets, over and over)."""
+    unknown = set(columns) - _WRITABLE
+    if unknown:
+        raise ValueError(f"unknown columns {sorted(unknown)}")
+    return f"UPDATE processes SET {', '.join(f'{k} = ?' for k in columns)} WHERE id = ?"
 
 
 def _apply_batch(conn: sqlite3.Connection,
