@@ -299,10 +299,6 @@ def become_subreaper() -> bool:
     return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
-def own_pid() -> int:
-    return os.getpid()
-
-
 def write_nonblocking(fd: int, data: memoryview) -> int:
     """One write to a non-blocking pipe; BlockingIOError when it is full."""
     return os.write(fd, data)
