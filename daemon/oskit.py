@@ -149,7 +149,7 @@ def children_of(pid: int) -> list[int]:
         return []
     found: list[int] = []
     for tid in tasks:
-        found += _pids(_read_proc(f"/proc/{pid}/task/{tid}/children"))
+        found += _task_children(pid, tid)
     return found
 
 
@@ -162,10 +162,11 @@ def adopted_children() -> list[int]:
     other threads are ours by pid anyway.
     """
     pid = os.getpid()
-    return _pids(_read_proc(f"/proc/{pid}/task/{pid}/children"))
+    return _task_children(pid, pid)
 
 
-def _pids(data: bytes | None) -> list[int]:
+def _task_children(pid: int | str, tid: int | str) -> list[int]:
+    data = _read_proc(f"/proc/{pid}/task/{tid}/children")
     try:
         return [int(text) for text in data.split()] if data else []
     except ValueError:

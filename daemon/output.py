@@ -40,12 +40,7 @@ class OutputStore:
     def prepare(self, process_id: int) -> tuple[Path, Path]:
         """Create the process's directory; return (stdout path, stderr path)."""
         directory = self.directory(process_id)
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            pass
-        except FileNotFoundError:  # the output root itself is missing
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         return directory / "stdout", directory / "stderr"
 
     def read(self, process_id: int, stream: str, offset: int = 0, limit: int | None = None,
@@ -60,10 +55,8 @@ class OutputStore:
             return start, b""
 
     def size(self, process_id: int, stream: str) -> int:
-        if stream not in STREAMS:
-            raise ValueError(f"unknown stream {stream!r}")
-        try:  # a plain string path: this runs for every stream of every exiting process
-            return os.stat(f"{self.root}/{process_id}/{stream}").st_size
+        try:
+            return self.path(process_id, stream).stat().st_size
         except FileNotFoundError:
             return 0
 

@@ -31,7 +31,7 @@ import queue
 import re
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,23 @@ async def _connect(path: Path) -> aiosqlite.Connection:
 _Write = tuple[str, tuple[Any, ...], bool, "asyncio.Future[Any]"]   # sql, params, insert, caller
 
 
+def _settle(batch: list[_Write], results: list[tuple[Any, BaseException | None]] | None,
+            error: BaseException | None) -> None:
+    """On the loop: a batch is done; resolve each caller's future."""
+    if results is None:  # the whole batch failed: nobody's write is durable
+        for _, _, _, future in batch:
+            if not future.done():
+                future.set_exception(RegistryError(f"commit failed: {error}"))
+        return
+    for (_, _, _, future), (value, failure) in zip(batch, results):
+        if future.done():
+            continue
+        if failure is not None:
+            future.set_exception(failure)
+        else:
+            future.set_result(value)
+
+
 class _WriterThread:
     """The registry's write connection, alone on its own thread.
 
@@ -124,11 +141,8 @@ class _WriterThread:
 
     _STOP = object()
 
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop,
-                 settle: Callable[[list[_Write], list[tuple[Any, BaseException | None]] | None,
-                                   BaseException | None], None]) -> None:
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._settle = settle
         self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         for pragma in _PRAGMAS:
@@ -164,7 +178,7 @@ class _WriterThread:
         except BaseException as exc:  # reported to every caller of the batch
             error = exc
         try:
-            self._loop.call_soon_threadsafe(self._settle, batch, results, error)
+            self._loop.call_soon_threadsafe(_settle, batch, results, error)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 
@@ -177,10 +191,10 @@ class _WriterThread:
 class Registry:
     """Async access to the processes table. Create with :meth:`open`."""
 
-    def __init__(self, path: Path, reader: aiosqlite.Connection) -> None:
+    def __init__(self, path: Path, writer: _WriterThread, reader: aiosqlite.Connection) -> None:
         self.path = path
+        self._writer = writer
         self._reader = reader
-        self._writer: _WriterThread | None = None
         self._closed = False
 
     @classmethod
@@ -189,50 +203,29 @@ class Registry:
         reader = await _connect(path)
         try:
             await _migrate(reader, known_migrations(migrations))
-            registry = cls(path, reader)
-            registry._writer = await asyncio.to_thread(
-                _WriterThread, path, asyncio.get_running_loop(), registry._settle)
+            writer = await asyncio.to_thread(_WriterThread, path, asyncio.get_running_loop())
         except BaseException:
             await reader.close()
             raise
-        return registry
+        return cls(path, writer, reader)
 
     async def close(self) -> None:
         """Commit what is queued, then close both connections."""
         if self._closed:
             return
         self._closed = True
-        if self._writer is not None:
-            await self._writer.close()
-            await asyncio.sleep(0)  # let the last batches' settle callbacks run
+        await self._writer.close()  # the last batches are settled before this returns
         await self._reader.close()
 
     # --- writes (group-committed) ---
 
     def _enqueue(self, sql: str, params: tuple[Any, ...], *, insert: bool = False) -> asyncio.Future[Any]:
         """Queue a write now (order is call order); the future resolves once it is committed."""
-        if self._closed or self._writer is None:
+        if self._closed:
             raise RegistryError("registry is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._writer.put((sql, params, insert, future))
         return future
-
-    @staticmethod
-    def _settle(batch: list[_Write], results: list[tuple[Any, BaseException | None]] | None,
-                error: BaseException | None) -> None:
-        """On the loop: a batch is done; resolve each caller's future."""
-        if results is None:  # the whole batch failed: nobody's write is durable
-            for _, _, _, future in batch:
-                if not future.done():
-                    future.set_exception(RegistryError(f"commit failed: {error}"))
-            return
-        for (_, _, _, future), (value, failure) in zip(batch, results):
-            if future.done():
-                continue
-            if failure is not None:
-                future.set_exception(failure)
-            else:
-                future.set_result(value)
 
     # Writes are plain methods that queue at call time and return an awaitable, so
     # the supervisor's in-memory transition and its write are ordered together.
