@@ -219,8 +219,8 @@ def spawn(
     argv: Sequence[str],
     env: Mapping[str, str],
     cwd: str | None,
-    stdout_path: Path,
-    stderr_path: Path,
+    stdout_path: str,
+    stderr_path: str,
     *,
     stdin_pipe: bool = False,
 ) -> Spawned:

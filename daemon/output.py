@@ -1,4 +1,4 @@
-"""Per-process stdout/stderr files under ``<state dir>/output/<id>/``.
+"""Per-process stdout/stderr files: ``<state dir>/output/<id>.stdout`` and ``.stderr``.
 
 Children write straight into these files (never into pipes held by the daemon),
 so their output survives a daemon crash and a child never blocks on a daemon
@@ -9,46 +9,206 @@ frees the oldest bytes by punching a hole at the head of the file
 (``fallocate(PUNCH_HOLE)``). The disk space is returned, the child's appends go
 on undisturbed, and offsets keep their meaning: byte N is always byte N of
 what the child wrote. Reads never return bytes below the dropped mark.
+
+Why the files are made ahead of time. Creating a file costs an inode, and on
+ext4 that cost depends on how full the directory's block group is: on one disk
+we measured 15 us in one directory and 800 us in another. Paid on the event
+loop at every start, that alone could double the time to start 200 children.
+So the store keeps a few hundred empty *spare* pairs under ``output/.spare/``,
+made by a worker thread while the daemon is quiet, and a start only renames a
+pair to its record's names (about 15 us, no inode allocated). When the spares
+run out, a start creates its files itself, as it always could.
+Spares are plain empty files: one left by a crash is reused at the next start.
+The layout is flat (no directory per process) for the same reason: a
+directory is one more inode per start. Directories of the older
+``output/<id>/stdout`` layout are moved to the flat names the first time the
+store opens a directory (``output/.layout`` records that it is done).
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
+import itertools
 import os
-import shutil
+import threading
 from pathlib import Path
 
+import structlog
+
 STREAMS = ("stdout", "stderr")
+SPARES = 256          # pairs kept ready; a burst of starts larger than this makes its own
+_BATCH = 64           # pairs per spare directory
+_SPARE_DIR = ".spare"
+_LAYOUT_MARKER = ".layout"   # present once the directory is in the flat layout
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _BLOCK = 4096
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _libc = ctypes.CDLL(None, use_errno=True)
+log = structlog.get_logger("stablehand.output")
 
 
 class OutputStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, spares: int = SPARES) -> None:
         self.root = root
+        self._prefix = f"{root}{os.sep}"
+        self._spare_dir = root / _SPARE_DIR
+        self._spare_prefix = f"{self._spare_dir}{os.sep}"
+        self._spares_wanted = spares
+        # Paths (without .stdout/.stderr) of pairs ready to be renamed. Filled by one worker thread, taken by the loop:
+        # deque.append and popleft are atomic, so neither side needs a lock.
+        self._spares: collections.deque[str] = collections.deque()
+        self._serial = itertools.count()
+        self._refilling = False                   # a refill thread is running
+        self._paused = False                      # ...and should stop at the next pair
+        self._refiller: threading.Thread | None = None
+        self._closed = False
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        layout = root / _LAYOUT_MARKER
+        if not layout.exists():  # scanned once, not at every start (it may hold 400,000 files)
+            self._move_legacy_layout()
+            layout.write_text("flat\n")
+        self._spare_dir.mkdir(exist_ok=True, mode=0o700)
+        self._adopt_spares()
 
-    def directory(self, process_id: int) -> Path:
-        return self.root / str(process_id)
-
-    def path(self, process_id: int, stream: str) -> Path:
+    def path(self, process_id: int, stream: str) -> str:
         if stream not in STREAMS:
             raise ValueError(f"unknown stream {stream!r}")
-        return self.directory(process_id) / stream
+        return f"{self._prefix}{process_id}.{stream}"
 
-    def prepare(self, process_id: int) -> tuple[Path, Path]:
-        """Create the process's directory; return (stdout path, stderr path)."""
-        directory = self.directory(process_id)
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return directory / "stdout", directory / "stderr"
+    def prepare(self, process_id: int) -> tuple[str, str]:
+        """(stdout path, stderr path) for a process about to start; spare files if any are ready."""
+        stdout, stderr = f"{self._prefix}{process_id}.stdout", f"{self._prefix}{process_id}.stderr"
+        try:
+            stem = self._spares.popleft()
+        except IndexError:
+            return stdout, stderr  # the spawn creates them
+        try:
+            os.rename(f"{stem}.stdout", stdout)
+            os.rename(f"{stem}.stderr", stderr)
+        except OSError:
+            pass  # a spare went missing: whatever is not renamed, the spawn creates
+        return stdout, stderr
+
+    # --- spares ---
+
+    def needs_spares(self) -> bool:
+        return len(self._spares) < self._spares_wanted
+
+    def refill_in_background(self) -> None:
+        """Make spares on a thread of their own, until the pool is full or :meth:`pause_refill`.
+
+        The supervisor calls this only when it has been quiet for a while and
+        pauses it at the next start or stop: file creation competes with a burst
+        for the CPU and, worse, for the filesystem journal (a registry commit's
+        fsync waits for every inode being created). A thread at idle priority
+        was tried instead: it made that worse, being preempted while holding a
+        journal handle.
+        """
+        if self._refilling or self._closed:
+            return
+        self._refilling, self._paused = True, False
+        self._refiller = threading.Thread(target=self._refill, name="stablehand-output-spares",
+                                          daemon=True)
+        self._refiller.start()
+
+    def pause_refill(self) -> None:
+        """Stop a running refill after the pair it is making (cheap: a flag)."""
+        self._paused = True
+
+    def close(self) -> None:
+        """Stop a refill and wait for it (it stops after the pair it is making)."""
+        self._paused = self._closed = True
+        if self._refiller is not None:
+            self._refiller.join()
+
+    def _refill(self) -> None:
+        try:
+            self.make_spares()
+        except Exception as exc:  # not fatal: a start creates its own files and reports its own errors
+            log.warning("output.spares_failed", error=str(exc))
+        finally:
+            self._refilling = False
+
+    def make_spares(self) -> int:
+        """Create spare pairs until the pool is full (or paused); blocking.
+
+        Each batch is made in a directory of its own and published when it is
+        done: creating a file holds its directory's lock for as long as the
+        inode takes, and a rename out of that directory would wait for it.
+        """
+        made = 0
+        self._remove_drained_batches()
+        while len(self._spares) < self._spares_wanted and not self._paused:
+            batch = f"{self._spare_prefix}{os.getpid()}-{next(self._serial)}"
+            os.mkdir(batch, 0o700)
+            stems = []
+            for n in range(min(_BATCH, self._spares_wanted - len(self._spares))):
+                if self._paused:
+                    break
+                stem = f"{batch}{os.sep}{n}"
+                for stream in STREAMS:
+                    os.close(os.open(f"{stem}.{stream}", _CREATE, 0o600))
+                stems.append(stem)
+            self._spares.extend(stems)
+            made += len(stems)
+        return made
+
+    def _remove_drained_batches(self) -> None:
+        with os.scandir(self._spare_dir) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    try:
+                        os.rmdir(entry.path)
+                    except OSError:
+                        pass  # pairs left in it
+
+    def _adopt_spares(self) -> None:
+        """Reuse the empty pairs a previous run left; remove anything else in the spare dir."""
+        for batch in os.scandir(self._spare_dir):
+            if not batch.is_dir(follow_symlinks=False):
+                _remove(batch.path)
+                continue
+            stems: collections.Counter[str] = collections.Counter()
+            with os.scandir(batch.path) as entries:
+                for entry in entries:
+                    stem, _, stream = entry.path.rpartition(".")
+                    if stream in STREAMS and entry.is_file(follow_symlinks=False) \
+                            and entry.stat(follow_symlinks=False).st_size == 0:
+                        stems[stem] += 1
+                    else:
+                        _remove(entry.path)
+            for stem, count in stems.items():
+                if count == len(STREAMS) and len(self._spares) < self._spares_wanted:
+                    self._spares.append(stem)
+                else:
+                    for stream in STREAMS:
+                        _remove(f"{stem}.{stream}")
+        self._remove_drained_batches()
+
+    def _move_legacy_layout(self) -> None:
+        """``output/<id>/stdout`` (the first layout) becomes ``output/<id>.stdout``."""
+        with os.scandir(self.root) as entries:
+            legacy = [e.name for e in entries if e.name.isdigit() and e.is_dir(follow_symlinks=False)]
+        for name in legacy:
+            for stream in STREAMS:
+                old = f"{self._prefix}{name}{os.sep}{stream}"
+                if os.path.exists(old):
+                    os.replace(old, f"{self._prefix}{name}.{stream}")
+            try:
+                os.rmdir(f"{self._prefix}{name}")
+            except OSError:
+                pass  # something else in there: leave it for the operator
+
+    # --- reading, capping, removing ---
 
     def read(self, process_id: int, stream: str, offset: int = 0, limit: int | None = None,
              dropped: int = 0) -> tuple[int, bytes]:
         """(start, data): bytes from ``max(offset, dropped)``, at most ``limit`` of them."""
         start = max(offset, dropped)
         try:
-            with self.path(process_id, stream).open("rb") as handle:
+            with open(self.path(process_id, stream), "rb") as handle:
                 handle.seek(start)
                 return start, handle.read() if limit is None else handle.read(limit)
         except FileNotFoundError:
@@ -56,7 +216,7 @@ class OutputStore:
 
     def size(self, process_id: int, stream: str) -> int:
         try:
-            return self.path(process_id, stream).stat().st_size
+            return os.stat(self.path(process_id, stream)).st_size
         except FileNotFoundError:
             return 0
 
@@ -85,4 +245,12 @@ class OutputStore:
         return mark
 
     def remove(self, process_id: int) -> None:
-        shutil.rmtree(self.directory(process_id), ignore_errors=True)
+        for stream in STREAMS:
+            _remove(self.path(process_id, stream))
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

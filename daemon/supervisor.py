@@ -39,7 +39,6 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -64,7 +63,7 @@ INSTANCE_VAR = "STABLEHAND_INSTANCE"
 KILL_WAIT = 5.0          # after SIGKILL, how long to wait for the tree to vanish
 HOUSEKEEPING_INTERVAL = 1.0
 LATE_ORPHAN_PASSES = 3   # a stop's passes over its tree (see _run_stop)
-DEVNULL = Path(os.devnull)
+DEVNULL = os.devnull
 
 
 @dataclasses.dataclass(slots=True)
@@ -130,6 +129,7 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._adopted_now: dict[str, list[oskit.ProcInfo]] | None = None
+        self._last_busy = 0.0                        # loop time of the last start or stop
         # What every child inherits from the daemon's environment, read once.
         self._base_env = {k: v for k, v in os.environ.items()
                           if k not in _PRIVATE_ENV_NAMES and not k.startswith(_PRIVATE_ENV_PREFIXES)}
@@ -145,12 +145,14 @@ class Supervisor:
             self._instance = uuid.uuid4().hex
             await self.registry.set_meta("instance", self._instance)
         await self._reconcile()
+        self.outputs.refill_in_background()
         self._admit()
         self._guard = self._loop.create_task(self._housekeeping())
 
     async def shutdown(self) -> None:
         """Stop (or detach from) every child, per the ``shutdown`` setting."""
         self._closing = True
+        self.outputs.close()
         if self._guard is not None:
             self._guard.cancel()
         if self.config.shutdown == "stop":
@@ -279,6 +281,7 @@ class Supervisor:
         """Start a record that is committed as running (unless it was killed meanwhile)."""
         if proc.state is not State.RUNNING:
             return  # killed between admission and spawn: the kill path finishes it
+        self._note_busy()
         stdout, stderr = self.outputs.prepare(proc.id)
         stdout = DEVNULL if proc.stdout_mode == "discard" else stdout
         stderr = DEVNULL if proc.stderr_mode == "discard" else stderr
@@ -433,6 +436,7 @@ class Supervisor:
         """
         if grace == 0:
             sig = signal.SIGKILL
+        self._note_busy()
         self._apply(proc, Event.KILL if reason is StopReason.KILL else Event.EXPIRE)
         proc.stop_reason, proc.stop_requested_at = reason, now_iso()
         proc.stop_grace, proc.stop_signal = grace, oskit.signal_name(sig)
@@ -717,13 +721,21 @@ class Supervisor:
     # --- output, stdin, deletion -------------------------------------------------------
 
     async def _housekeeping(self) -> None:
-        """Once a second: reap orphans that exited, keep output within max_output_bytes."""
+        """Once a second: reap orphans that exited, keep output within max_output_bytes,
+        and, when the last second saw no start or stop, refill the spare output files."""
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             self._reap()
             for proc in list(self._live.values()):
                 if proc.state in ACTIVE_STATES:
                     self._cap_output(proc)
+            if self._loop.time() - self._last_busy >= HOUSEKEEPING_INTERVAL and self.outputs.needs_spares():
+                self.outputs.refill_in_background()
+
+    def _note_busy(self) -> None:
+        """A start or a stop: spare output files are made only once the daemon is quiet again."""
+        self._last_busy = self._loop.time()
+        self.outputs.pause_refill()
 
     def _cap_output(self, proc: Process) -> asyncio.Future[None] | None:
         cap = self.config.max_output_bytes

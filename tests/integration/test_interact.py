@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from daemon.output import SPARES
 from tests.helpers import async_wait_for, printed
 from tests.integration.test_processes import start, wait_idle
 
@@ -51,7 +52,7 @@ async def test_output_cap_drops_the_oldest_bytes(make_daemon: Any) -> None:
                                        "import sys\nfor i in range(4000): print(f'{i:09d}' * 10)"])
     final = await wait_idle(client, record["id"])
     assert final["outputTruncated"] is True
-    path = client.config.output_dir / str(record["id"]) / "stdout"
+    path = client.config.output_dir / f"{record['id']}.stdout"
     assert os.stat(path).st_blocks * 512 <= 2 * 64 * 1024, "the disk holds about the cap, not 400 KB"
     response = await client.get(f"/processes/{record['id']}/output")
     data = await response.read()
@@ -131,13 +132,14 @@ async def test_stop_with_a_custom_signal(client: Any) -> None:
 
 async def test_delete_forgets_an_idle_record_and_its_output(client: Any) -> None:
     running = await start(client, argv=["sleep", "30"])
+    assert len(list(client.config.output_dir.glob(f"{running['id']}.*"))) == 2
     response = await client.delete(f"/processes/{running['id']}")
     assert response.status == 409
     await client.post(f"/processes/{running['id']}/signals/kill")
     await wait_idle(client, running["id"])
     assert (await client.delete(f"/processes/{running['id']}")).status == 204
     assert (await client.get(f"/processes/{running['id']}")).status == 404
-    assert not (client.config.output_dir / str(running["id"])).exists()
+    assert not list(client.config.output_dir.glob(f"{running['id']}.*"))
     assert (await client.delete(f"/processes/{running['id']}")).status == 404
 
 
@@ -173,3 +175,24 @@ async def test_events_in_order_and_resume_with_last_event_id(client: Any) -> Non
     again = await asyncio.wait_for(_read_events(resumed, 2), 10)
     assert [e["seq"] for e in again] == [events[1]["seq"], events[2]["seq"]]
     resumed.close()
+
+
+def _spare_files(client: Any) -> int:
+    return sum(len(files) for _, _, files in os.walk(client.config.output_dir / ".spare"))
+
+
+def _spares_are(client: Any, count: int) -> Any:
+    async def check() -> bool:
+        return _spare_files(client) == count
+    return check
+
+
+async def test_starts_take_spare_output_files_and_a_quiet_daemon_makes_more(client: Any) -> None:
+    full = 2 * SPARES
+    await async_wait_for(_spares_are(client, full), 15, "spares made at start-up")
+    record = await start(client, argv=["sh", "-c", "echo out; echo err >&2"])
+    assert _spare_files(client) == full - 2, "the start renamed a spare pair to its own names"
+    await wait_idle(client, record["id"])
+    assert await (await client.get(f"/processes/{record['id']}/output?stream=stdout")).read() == b"out\n"
+    assert await (await client.get(f"/processes/{record['id']}/output?stream=stderr")).read() == b"err\n"
+    await async_wait_for(_spares_are(client, full), 15, "spares refilled once quiet")

@@ -176,7 +176,7 @@ async def test_cwd_and_env_reach_the_child(client: Any, tmp_path: Any) -> None:
     record = await start(client, command='echo "$PWD $GREETING $STABLEHAND_ID"', cwd=str(tmp_path),
                          env={"GREETING": "hello"})
     await wait_idle(client, record["id"])
-    out = (client.config.output_dir / str(record["id"]) / "stdout").read_text()
+    out = (client.config.output_dir / f"{record['id']}.stdout").read_text()
     assert out.strip() == f"{tmp_path} hello {record['id']}"
 
 
@@ -187,7 +187,7 @@ async def test_private_variables_are_not_inherited(make_daemon: Any, monkeypatch
     client = await make_daemon()  # the daemon reads its environment once, at start
     record = await start(client, argv=["env"])
     await wait_idle(client, record["id"])
-    out = (client.config.output_dir / str(record["id"]) / "stdout").read_text()
+    out = (client.config.output_dir / f"{record['id']}.stdout").read_text()
     for name in ("NOTIFY_SOCKET", "LISTEN_FDS", "WATCHDOG_USEC", "STABLEHAND_TOKEN"):
         assert f"{name}=" not in out
     assert "PLAIN_VARIABLE=inherited" in out
@@ -308,5 +308,5 @@ async def test_children_inherit_no_daemon_fds(client: Any, tmp_path: Any) -> Non
     for body in ({}, {"cwd": str(tmp_path)}):  # the posix_spawn path and the Popen path
         record = await start(client, argv=["python3", "-c", script], **body)
         await wait_idle(client, record["id"])
-        out = (client.config.output_dir / str(record["id"]) / "stdout").read_text()
+        out = (client.config.output_dir / f"{record['id']}.stdout").read_text()
         assert out.strip() == "[0, 1, 2, 3]", out  # 3 is listdir's own handle

@@ -114,7 +114,7 @@ def test_terminating_record_is_finished_after_restart(daemon: Any) -> None:
     d = daemon("--grace", "30").start()
     script = "trap '' TERM; echo ready; while :; do sleep 0.1; done"
     _, record = call(d, "POST", "/processes", {"command": script, "grace": 1})
-    out = d.state_dir / "output" / str(record["id"]) / "stdout"
+    out = d.state_dir / "output" / f"{record['id']}.stdout"
     wait_for(lambda: out.exists() and "ready" in out.read_text())
     assert call(d, "POST", f"/processes/{record['id']}/signals/kill", {})[0] == 200
     d.kill9()

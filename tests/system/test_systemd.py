@@ -61,7 +61,7 @@ def test_ready_watchdog_stopping_and_clean_child_env(daemon: Any, notify: Notify
 
     _, record = call(d, "POST", "/processes", {"argv": ["env"]})
     call(d, "GET", f"/processes/{record['id']}/wait?timeout=10")
-    env = (d.state_dir / "output" / str(record["id"]) / "stdout").read_text()
+    env = (d.state_dir / "output" / f"{record['id']}.stdout").read_text()
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"):
         assert f"{name}=" not in env
 
