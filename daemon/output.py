@@ -56,10 +56,11 @@ class OutputStore:
         self._spare_dir = root / _SPARE_DIR
         self._spare_prefix = f"{self._spare_dir}{os.sep}"
         self._spares_wanted = spares
-        # Paths (without .stdout/.stderr) of pairs ready to be renamed. Filled by one worker thread, taken by the loop:
-        # deque.append and popleft are atomic, so neither side needs a lock.
+        # Paths (without .stdout/.stderr) of pairs ready to be renamed. Filled by one
+        # worker thread, taken by the loop: deque.extend and popleft are atomic.
         self._spares: collections.deque[str] = collections.deque()
         self._serial = itertools.count()
+        self._token = os.urandom(4).hex()        # batch names never meet a previous run's
         self._refilling = False                   # a refill thread is running
         self._paused = False                      # ...and should stop at the next pair
         self._refiller: threading.Thread | None = None
@@ -141,7 +142,7 @@ class OutputStore:
         made = 0
         self._remove_drained_batches()
         while len(self._spares) < self._spares_wanted and not self._paused:
-            batch = f"{self._spare_prefix}{os.getpid()}-{next(self._serial)}"
+            batch = f"{self._spare_prefix}{self._token}-{next(self._serial)}"
             os.mkdir(batch, 0o700)
             stems = []
             for n in range(min(_BATCH, self._spares_wanted - len(self._spares))):
@@ -166,7 +167,9 @@ class OutputStore:
 
     def _adopt_spares(self) -> None:
         """Reuse the empty pairs a previous run left; remove anything else in the spare dir."""
-        for batch in os.scandir(self._spare_dir):
+        with os.scandir(self._spare_dir) as batches:
+            listed = list(batches)
+        for batch in listed:
             if not batch.is_dir(follow_symlinks=False):
                 _remove(batch.path)
                 continue

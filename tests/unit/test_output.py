@@ -83,3 +83,15 @@ def test_the_old_layout_is_looked_for_once(tmp_path: Path) -> None:
     (root / "5" / "stdout").write_bytes(b"x")
     OutputStore(root)
     assert (root / "5" / "stdout").exists()
+
+
+def test_a_restarted_store_tops_up_what_it_adopted(tmp_path: Path) -> None:
+    first = OutputStore(tmp_path / "output", spares=3)
+    first.make_spares()
+    first.prepare(1)
+    second = OutputStore(tmp_path / "output", spares=3)
+    assert second.make_spares() == 1
+    assert _spare_files(tmp_path / "output") == 2 * 3
+    assert {second.prepare(n)[0] for n in (2, 3, 4)} == {str(tmp_path / "output" / f"{n}.stdout")
+                                                        for n in (2, 3, 4)}
+    assert _spare_files(tmp_path / "output") == 0
