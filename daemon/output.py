@@ -196,9 +196,10 @@ class OutputStore:
             legacy = [e.name for e in entries if e.name.isdigit() and e.is_dir(follow_symlinks=False)]
         for name in legacy:
             for stream in STREAMS:
-                old = f"{self._prefix}{name}{os.sep}{stream}"
-                if os.path.exists(old):
-                    os.replace(old, f"{self._prefix}{name}.{stream}")
+                try:
+                    os.replace(f"{self._prefix}{name}{os.sep}{stream}", f"{self._prefix}{name}.{stream}")
+                except FileNotFoundError:
+                    pass  # that stream was never written
             try:
                 os.rmdir(f"{self._prefix}{name}")
             except OSError:

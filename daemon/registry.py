@@ -132,7 +132,7 @@ class _WriterThread:
     """The registry's write connection, alone on its own thread.
 
     :meth:`put` queues one write without awaiting anything; the writes of one
-turn of the event loop are handed over together. Whenever the thread
+    turn of the event loop are handed over together. Whenever the thread
     is free it takes *every* write queued so far and commits them as one
     transaction, so it never waits on the event loop between batches; each
     batch's outcome comes back in one ``call_soon_threadsafe(settle, ...)``.

@@ -729,7 +729,8 @@ class Supervisor:
             for proc in list(self._live.values()):
                 if proc.state in ACTIVE_STATES:
                     self._cap_output(proc)
-            if self._loop.time() - self._last_busy >= HOUSEKEEPING_INTERVAL and self.outputs.needs_spares():
+            quiet = self._loop.time() - self._last_busy >= HOUSEKEEPING_INTERVAL
+            if quiet and self.outputs.needs_spares():
                 self.outputs.refill_in_background()
 
     def _note_busy(self) -> None:
