@@ -155,3 +155,8 @@ class DaemonProcess:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait(10)
+
+
+def spare_files(output_dir: Path) -> int:
+    """How many spare output files are on disk (the daemon keeps them under output/.spare/)."""
+    return sum(len(files) for _, _, files in os.walk(output_dir / ".spare"))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from daemon.output import SPARES
-from tests.helpers import async_wait_for, printed
+from tests.helpers import async_wait_for, printed, spare_files
 from tests.integration.test_processes import start, wait_idle
 
 BOTH_STREAMS = ["python3", "-c",
@@ -177,13 +177,9 @@ async def test_events_in_order_and_resume_with_last_event_id(client: Any) -> Non
     resumed.close()
 
 
-def _spare_files(client: Any) -> int:
-    return sum(len(files) for _, _, files in os.walk(client.config.output_dir / ".spare"))
-
-
 def _spares_are(client: Any, count: int) -> Any:
     async def check() -> bool:
-        return _spare_files(client) == count
+        return spare_files(client.config.output_dir) == count
     return check
 
 
@@ -191,7 +187,7 @@ async def test_starts_take_spare_output_files_and_a_quiet_daemon_makes_more(clie
     full = 2 * SPARES
     await async_wait_for(_spares_are(client, full), 15, "spares made at start-up")
     record = await start(client, argv=["sh", "-c", "echo out; echo err >&2"])
-    assert _spare_files(client) == full - 2, "the start renamed a spare pair to its own names"
+    assert spare_files(client.config.output_dir) == full - 2, "the start renamed a spare pair to its own names"
     await wait_idle(client, record["id"])
     assert await (await client.get(f"/processes/{record['id']}/output?stream=stdout")).read() == b"out\n"
     assert await (await client.get(f"/processes/{record['id']}/output?stream=stderr")).read() == b"err\n"

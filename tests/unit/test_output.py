@@ -6,14 +6,11 @@ import os
 from pathlib import Path
 
 from daemon.output import OutputStore
+from tests.helpers import spare_files
 
 
 def _files(root: Path) -> set[str]:
     return {p.name for p in root.iterdir() if not p.name.startswith(".")}
-
-
-def _spare_files(root: Path) -> int:
-    return sum(len(files) for _, _, files in os.walk(root / ".spare"))
 
 
 def test_prepare_renames_spares_and_creates_nothing_on_the_caller(tmp_path: Path) -> None:
@@ -22,7 +19,7 @@ def test_prepare_renames_spares_and_creates_nothing_on_the_caller(tmp_path: Path
     stdout, stderr = store.prepare(7)
     assert (stdout, stderr) == (str(tmp_path / "output" / "7.stdout"), str(tmp_path / "output" / "7.stderr"))
     assert os.path.getsize(stdout) == 0 and os.path.getsize(stderr) == 0
-    assert _spare_files(tmp_path / "output") == 2 * 3
+    assert spare_files(tmp_path / "output") == 2 * 3
     assert oct(os.stat(stdout).st_mode & 0o777) == "0o600"
 
 
@@ -46,7 +43,7 @@ def test_spares_left_by_a_crash_are_reused_and_junk_is_removed(tmp_path: Path) -
     (tmp_path / "output" / ".spare" / "stray").write_text("")
     store = OutputStore(tmp_path / "output", spares=3)
     assert store.make_spares() == 0  # the three pairs were adopted
-    assert _spare_files(tmp_path / "output") == 6
+    assert spare_files(tmp_path / "output") == 6
     assert sorted(p.name for p in (tmp_path / "output" / ".spare").iterdir()) == [batch.name]
 
 
@@ -91,7 +88,7 @@ def test_a_restarted_store_tops_up_what_it_adopted(tmp_path: Path) -> None:
     first.prepare(1)
     second = OutputStore(tmp_path / "output", spares=3)
     assert second.make_spares() == 1
-    assert _spare_files(tmp_path / "output") == 2 * 3
+    assert spare_files(tmp_path / "output") == 2 * 3
     assert {second.prepare(n)[0] for n in (2, 3, 4)} == {str(tmp_path / "output" / f"{n}.stdout")
                                                         for n in (2, 3, 4)}
-    assert _spare_files(tmp_path / "output") == 0
+    assert spare_files(tmp_path / "output") == 0
