@@ -69,6 +69,7 @@ class ProcInfo:
     pgrp: int
     session: int
     start_ticks: int
+    zombie: bool = False   # exited, not yet reaped
 
 
 # --- identity ------------------------------------------------------------------
@@ -101,7 +102,7 @@ def _parse_stat(pid: int, data: bytes) -> ProcInfo:
     # comm (field 2) may hold spaces and parentheses: split after the last ')'.
     fields = data[data.rindex(b")") + 2:].split()
     return ProcInfo(pid=pid, ppid=int(fields[1]), pgrp=int(fields[2]), session=int(fields[3]),
-                    start_ticks=int(fields[19]))
+                    start_ticks=int(fields[19]), zombie=fields[0] == b"Z")
 
 
 def proc_info(pid: int) -> ProcInfo | None:
@@ -205,10 +206,19 @@ def open_verified_pidfd(pid: int, ticks: int | None) -> int | None:
 
 def environ_marker(pid: int, names: Sequence[str]) -> dict[str, str] | None:
     """The values of ``names`` in a process's environment ({} if it has none of them),
-    or None if its environment cannot be read."""
+    or None if it cannot be told: the environment cannot be read, or it is empty.
+
+    An empty environment is what ``/proc/<pid>/environ`` shows while a process
+    is inside ``execve``: the new mm has no ``env_end`` until the ELF loader
+    writes the stack (fs/proc/base.c, environ_read). A forked shell that execs
+    a marked command reads as unmarked for that moment, so "empty" must mean
+    "unknown", never "not ours".
+    """
     try:
         env = psutil.Process(pid).environ()
     except (psutil.Error, OSError):
+        return None
+    if not env:
         return None
     return {name: env[name] for name in names if name in env}
 

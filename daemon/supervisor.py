@@ -63,6 +63,8 @@ INSTANCE_VAR = "STABLEHAND_INSTANCE"
 KILL_WAIT = 5.0          # after SIGKILL, how long to wait for the tree to vanish
 HOUSEKEEPING_INTERVAL = 1.0
 LATE_ORPHAN_PASSES = 3   # a stop's passes over its tree (see _run_stop)
+ORPHAN_SETTLE = 0.25     # how long an orphan whose marker cannot be read may hold up a stop
+ORPHAN_RECHECK = 0.002   # how often a stop looks again at such an orphan
 DEVNULL = os.devnull
 
 
@@ -102,6 +104,14 @@ class Child:
     stdin_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
 
+@dataclasses.dataclass(slots=True)
+class _Adopted:
+    """The orphans re-parented to the daemon, as read in one turn of the loop."""
+
+    by_id: dict[str, list[oskit.ProcInfo]] = dataclasses.field(default_factory=dict)
+    unsettled: bool = False   # an orphan first seen < ORPHAN_SETTLE ago could not be told
+
+
 Listener = Callable[[Process], None]
 
 
@@ -128,7 +138,8 @@ class Supervisor:
         self._boot_id = oskit.boot_id()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
-        self._adopted_now: dict[str, list[oskit.ProcInfo]] | None = None
+        self._adopted_now: _Adopted | None = None
+        self._unsure_since: dict[tuple[int, int], float] = {}  # (pid, ticks) → first seen
         self._last_busy = 0.0                        # loop time of the last start or stop
         # What every child inherits from the daemon's environment, read once.
         self._base_env = {k: v for k, v in os.environ.items()
@@ -464,7 +475,7 @@ class Supervisor:
                         self.log.info("process.stopping", process_id=proc.id,
                                       signal=oskit.signal_name(sig), grace=grace)
                     status = await self._stop_members(child, members, grace)
-                    if not self._orphans_of(proc.id):
+                    if not await self._has_late_orphans(proc.id):
                         break
             finally:
                 self._stop_sets.pop(proc.id, None)
@@ -511,9 +522,27 @@ class Supervisor:
 
     def _orphans_of(self, process_id: int) -> list[oskit.ProcInfo]:
         """Our direct children that are not leaders but carry this record's STABLEHAND_ID."""
-        return self._adopted().get(str(process_id), [])
+        return self._adopted().by_id.get(str(process_id), [])
 
-    def _adopted(self) -> dict[str, list[oskit.ProcInfo]]:
+    async def _has_late_orphans(self, process_id: int) -> bool:
+        """Whether orphans of this record are left once a stop's pass is over.
+
+        An orphan caught inside ``execve`` shows no environment for a moment (see
+        :func:`oskit.environ_marker`), so while a newly seen orphan cannot be told,
+        this looks again every ORPHAN_RECHECK for up to ORPHAN_SETTLE from when it
+        was first seen. An orphan that stays unreadable (an emptied environment,
+        another user's setuid program) is never signalled: it is not known to be
+        ours. It holds up only the stops that see it in its first ORPHAN_SETTLE.
+        """
+        while True:
+            adopted = self._adopted()
+            if str(process_id) in adopted.by_id:
+                return True
+            if not adopted.unsettled:
+                return False
+            await asyncio.sleep(ORPHAN_RECHECK)
+
+    def _adopted(self) -> _Adopted:
         """Orphans re-parented to the daemon, by the STABLEHAND_ID they carry.
 
         The daemon's children list holds every child it runs, so reading it per
@@ -523,16 +552,24 @@ class Supervisor:
         makes once the leader is gone.
         """
         if self._adopted_now is None:
-            found: dict[str, list[oskit.ProcInfo]] = {}
+            now = self._loop.time()
+            adopted = _Adopted()
+            unsure: dict[tuple[int, int], float] = {}
             for pid in oskit.adopted_children():
                 if pid in self._by_pid:
                     continue
-                marker = oskit.environ_marker(pid, (ID_VAR, INSTANCE_VAR))
                 info = oskit.proc_info(pid)
-                if info is not None and marker and ID_VAR in marker \
-                        and marker.get(INSTANCE_VAR) == self._instance:
-                    found.setdefault(marker[ID_VAR], []).append(info)
-            self._adopted_now = found
+                if info is None or info.zombie:
+                    continue
+                marker = oskit.environ_marker(pid, (ID_VAR, INSTANCE_VAR))
+                if marker is None:
+                    key = (pid, info.start_ticks)
+                    first_seen = unsure[key] = self._unsure_since.get(key, now)
+                    adopted.unsettled |= now - first_seen < ORPHAN_SETTLE
+                elif ID_VAR in marker and marker.get(INSTANCE_VAR) == self._instance:
+                    adopted.by_id.setdefault(marker[ID_VAR], []).append(info)
+            self._unsure_since = unsure
+            self._adopted_now = adopted
             self._loop.call_soon(self._forget_adopted)
         return self._adopted_now
 

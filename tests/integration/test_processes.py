@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from typing import Any
@@ -115,14 +116,72 @@ async def test_double_forked_escapee_is_found_by_its_marker(client: Any) -> None
 async def test_process_orphaned_during_the_stop_is_stopped_too(client: Any) -> None:
     # On SIGTERM the leader starts a new session and exits: that process never got
     # the first signal and is re-parented to the daemon only once the stop is under way.
-    script = "trap 'setsid sleep 303 & exit 0' TERM; echo ready; while :; do sleep 0.05; done"
+    # It may still be inside execve when the daemon looks at it (its environment then
+    # reads as empty); a chain of wrappers (one execve each) and several stops at once
+    # make that window likely to be hit.
+    wrappers = "env " * 8
+    script = (f"trap 'setsid {wrappers}sleep 303 & exit 0' TERM; echo ready; "
+              "while :; do sleep 0.05; done")
+    # A forked shell swallows a TERM that lands before it execs (dash's trap is still
+    # installed), so some stops end in SIGKILL after the grace: keep it short.
+    records = [await start(client, command=script, grace=0.3) for _ in range(6)]
+    for record in records:
+        await async_wait_for(lambda: printed(client, record["id"], "ready"), what="trap in place")
+    instance = client.supervisor._instance
+    kills = [client.post(f"/processes/{record['id']}/signals/kill") for record in records]
+    assert [response.status for response in await asyncio.gather(*kills)] == [200] * 6
+    for record in records:
+        final = await wait_idle(client, record["id"])
+        assert final["exitState"] == "canceled"
+        assert marked_processes(record["id"], instance) == []
+
+
+async def test_orphan_unreadable_for_a_moment_is_waited_for_and_stopped(client: Any) -> None:
+    # A slow execve, drawn out: the orphan shows an empty environment for 50 ms, then
+    # carries the record's marker. The leader exits only once the orphan's environment
+    # is empty, so the stop must not settle on "no orphans" at its first look.
+    orphan = ('setsid env -i sh -c "sleep 0.05; export STABLEHAND_ID=$STABLEHAND_ID '
+              'STABLEHAND_INSTANCE=$STABLEHAND_INSTANCE; exec sleep 305" &'
+              ' while grep -q STABLEHAND_ID /proc/$!/environ; do :; done; exit 0')
+    script = f"trap '{orphan}' TERM; echo ready; while :; do sleep 0.05; done"
     record = await start(client, command=script)
     await async_wait_for(lambda: printed(client, record["id"], "ready"), what="trap in place")
     instance = client.supervisor._instance
     await client.post(f"/processes/{record['id']}/signals/kill")
-    final = await wait_idle(client, record["id"])
-    assert final["exitState"] == "canceled"
+    assert (await wait_idle(client, record["id"]))["exitState"] == "canceled"
+    await async_wait_for(_slow_exec_over, what="the orphan's exec chain to end")
     assert marked_processes(record["id"], instance) == []
+    assert await _process_running("sleep 305") is None
+
+
+async def test_orphan_with_an_empty_environment_is_left_alone(client: Any) -> None:
+    # Re-parented to the daemon but carrying no marker: it cannot be told to be the
+    # record's, so no stop signals it, and stops still finish.
+    record = await start(client, command="(setsid env -i sleep 304 &); sleep 300")
+    stranger = await async_wait_for(lambda: _process_running("sleep 304"), what="orphan running")
+    await client.post(f"/processes/{record['id']}/signals/kill")
+    assert (await wait_idle(client, record["id"]))["exitState"] == "canceled"
+    other = await start(client, argv=["sleep", "30"])
+    await client.post(f"/processes/{other['id']}/signals/kill")
+    assert (await wait_idle(client, other["id"]))["exitState"] == "canceled"
+    try:
+        assert alive(stranger.pid) and stranger.ppid() == os.getpid()
+    finally:
+        stranger.kill()
+        stranger.wait(5)
+
+
+async def _slow_exec_over() -> bool:
+    """Whether the drawn-out exec has reached ``sleep 305`` or is gone without it."""
+    lines = [" ".join(proc.info["cmdline"] or []) for proc in psutil.process_iter(["cmdline"])]
+    return "sleep 305" in lines or not any("sleep 0.05; export" in line for line in lines)
+
+
+async def _process_running(cmdline: str) -> psutil.Process | None:
+    for proc in psutil.process_iter(["cmdline"]):
+        if " ".join(proc.info["cmdline"] or []) == cmdline:
+            return proc
+    return None
 
 
 async def _marked(process_id: int, instance: str, n: int) -> bool:
