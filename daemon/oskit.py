@@ -451,6 +451,53 @@ def peer_credentials(sock: "socket.socket") -> tuple[int, int, int]:
     return pid, uid, gid
 
 
+# --- signal dispositions children inherit --------------------------------------------
+
+# Signals left alone: SIGKILL and SIGSTOP cannot be caught; a handler for a fault
+# signal would return into the fault; one for SIGTTIN/SIGTTOU/SIGTSTP would turn the
+# daemon's terminal writes into a loop; Popen already restores SIGPIPE and SIGXFSZ.
+# SIGCHLD is dealt with apart (see reset_inherited_signals).
+_KEPT_SIGNALS = frozenset({
+    signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGSEGV, signal.SIGBUS,
+    signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS, signal.SIGABRT,
+    signal.SIGTTIN, signal.SIGTTOU, signal.SIGTSTP, signal.SIGPIPE, signal.SIGXFSZ})
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A handler that does nothing: the daemon ignores the signal, execve resets it."""
+
+
+def reset_inherited_signals() -> list[str]:
+    """Let children start with default signal dispositions and nothing blocked.
+
+    SIG_IGN and the blocked mask survive fork and execve. A daemon started under
+    ``nohup`` (SIGHUP ignored) or as a background job of a script (SIGINT and
+    SIGQUIT ignored) would pass that to every child, and a stop with those
+    signals would do nothing. systemd resets every signal for the services it
+    starts; here, each signal this process inherited as ignored gets a handler
+    that does nothing instead: the daemon still ignores it, and execve resets a
+    handled signal to SIG_DFL in the child. An ignored SIGCHLD (the kernel would
+    reap children before their status is read) goes back to SIG_DFL, and the
+    calling (main) thread's mask, which children inherit, is cleared.
+
+    Must run in the main thread. Returns the names of the signals it changed.
+    """
+    changed = []
+    for signum in signal.valid_signals():
+        if signum in _KEPT_SIGNALS and signum != signal.SIGCHLD:
+            continue
+        try:
+            if signal.getsignal(signum) != signal.SIG_IGN:
+                continue
+            signal.signal(signum, signal.SIG_DFL if signum == signal.SIGCHLD else _ignore)
+        except (OSError, ValueError):  # a number glibc keeps for itself
+            continue
+        changed.append(signal_name(signum))
+    blocked = signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    changed += [f"{signal_name(signum)} (blocked)" for signum in sorted(blocked)]
+    return changed
+
+
 # --- limits ------------------------------------------------------------------------
 
 def raise_nofile_limit() -> int:

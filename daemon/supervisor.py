@@ -151,6 +151,9 @@ class Supervisor:
         """Take ownership: become subreaper, reconcile the registry, start the queue."""
         self._loop = asyncio.get_running_loop()
         oskit.become_subreaper()
+        reset = oskit.reset_inherited_signals()
+        if reset:
+            self.log.info("daemon.signals_reset", signals=reset)
         self._instance = await self.registry.get_meta("instance") or ""
         if not self._instance:
             self._instance = uuid.uuid4().hex

@@ -85,6 +85,42 @@ def test_exited_orphans_are_reaped_without_a_sigchld_handler(daemon: Any) -> Non
     assert d.stop() == 0
 
 
+# What ``nohup`` and a script's ``&`` do to what they start, then the daemon itself.
+_LAUNCH_WITH_SIGNALS_IGNORED = """
+import os, signal, sys
+for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+    signal.signal(signum, signal.SIG_IGN)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+def _signal_masks(pid: int) -> dict[str, int]:
+    with open(f"/proc/{pid}/status") as status:
+        return {key: int(value, 16) for key, _, value in (line.partition(":\t") for line in status)
+                if key in ("SigIgn", "SigBlk")}
+
+
+def test_children_start_with_default_signals_whatever_the_daemon_inherited(daemon: Any) -> None:
+    d = daemon()
+    d.args = [d.args[0], "-c", _LAUNCH_WITH_SIGNALS_IGNORED, *d.args[1:]]
+    d.start()
+    assert d.proc is not None
+    daemon_masks = _signal_masks(d.proc.pid)
+    assert daemon_masks["SigBlk"] == 0   # the daemon still ignores SIGHUP: it has a handler
+    status, record = call(d, "POST", "/processes", {"argv": ["sleep", "300"]})
+    assert status == 201
+    assert _signal_masks(record["pid"]) == {"SigIgn": 0, "SigBlk": 0}
+    response = call(d, "POST", f"/processes/{record['id']}/stop", {"signal": "SIGINT", "grace": 30})
+    assert response[0] == 200
+    status, final = call(d, "GET", f"/processes/{record['id']}/wait?timeout=10")
+    assert status == 200 and final["exitSignal"] == "SIGINT"
+    d.proc.send_signal(signal.SIGHUP)     # ignored, as it was when the daemon was started
+    assert call(d, "GET", "/processes")[0] == 200
+    assert d.stop() == 0
+    assert '"daemon.signals_reset"' in d.log()
+
+
 def test_unix_socket_and_state_dir_are_private(daemon: Any) -> None:
     d = daemon().start()
     assert (d.socket_path.stat().st_mode & 0o777) == 0o600
