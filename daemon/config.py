@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .output import SPARES
+
 EX_CONFIG = 78
 DEFAULT_PORT = 9371
 ENV_PREFIX = "STABLEHAND_"
@@ -79,6 +81,7 @@ class Config:
     rate_burst: int = 0              # bucket size; 0 = max(1, rate_limit)
     allowed_programs: tuple[str, ...] = ()      # empty: any program
     max_output_bytes: int = 64 * 1024 * 1024    # per stream; the oldest bytes are dropped past it
+    spare_outputs: int = SPARES      # empty stdout/stderr pairs kept ready for starts (see output.py)
     event_loop: str = "uvloop"       # uvloop | asyncio
 
     @property
@@ -243,6 +246,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "rate_burst": _non_negative_int,
     "allowed_programs": _string_list,
     "max_output_bytes": _positive_int,
+    "spare_outputs": _non_negative_int,
     "event_loop": _choice("uvloop", "asyncio"),
 }
 

@@ -14,11 +14,26 @@ Why the files are made ahead of time. Creating a file costs an inode, and on
 ext4 that cost depends on how full the directory's block group is: on one disk
 we measured 15 us in one directory and 800 us in another. Paid on the event
 loop at every start, that alone could double the time to start 200 children.
-So the store keeps a few hundred empty *spare* pairs under ``output/.spare/``,
-made by a worker thread while the daemon is quiet, and a start only renames a
-pair to its record's names (about 15 us, no inode allocated). When the spares
+So the store keeps a few hundred empty *spare* files under ``output/.spare/``,
+made by a worker thread while the daemon is quiet, and a start only renames two
+of them to its record's names (about 15 us, no inode allocated). When the spares
 run out, a start creates its files itself, as it always could.
 Spares are plain empty files: one left by a crash is reused at the next start.
+
+Empty output is reused. A start that finds no spare takes, before creating
+anything, an output file of a recently finished process that is still empty
+and that no process has open, renaming it to its own name (one rename, no
+inode); the finished record's stream then reads as empty, as a missing file
+always did. A steady churn of quiet children (and most children never write to
+stderr) then allocates no inodes at all. The cost lands on the start, which
+would otherwise create the file, and not on the exit: recording a finished
+process is a deque append (:meth:`finished`). "No process has it open" is the
+kernel's own answer: a write lease (``F_SETLEASE F_WRLCK``) is granted only when
+no other open file refers to the inode, so a straggler that still holds the
+file keeps it. A process that opens the file while the lease is held breaks it,
+and the rename is undone. The break is notified with SIGURG (``F_SETSIG``),
+whose default action is to ignore it, not SIGIO, whose default would end the
+daemon.
 The layout is flat (no directory per process) for the same reason: a
 directory is one more inode per start. Directories of the older
 ``output/<id>/stdout`` layout are moved to the flat names the first time the
@@ -29,8 +44,10 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import fcntl
 import itertools
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -38,7 +55,8 @@ import structlog
 
 STREAMS = ("stdout", "stderr")
 SPARES = 256          # pairs kept ready; a burst of starts larger than this makes its own
-_BATCH = 64           # pairs per spare directory
+_BATCH = 128          # files per spare directory
+_REUSE_TRIES = 4      # finished files looked at per stream before a start creates its own
 _SPARE_DIR = ".spare"
 _LAYOUT_MARKER = ".layout"   # present once the directory is in the flat layout
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -55,10 +73,13 @@ class OutputStore:
         self._prefix = f"{root}{os.sep}"
         self._spare_dir = root / _SPARE_DIR
         self._spare_prefix = f"{self._spare_dir}{os.sep}"
-        self._spares_wanted = spares
-        # Paths (without .stdout/.stderr) of pairs ready to be renamed. Filled by one
-        # worker thread, taken by the loop: deque.extend and popleft are atomic.
+        self._spares_wanted = spares * len(STREAMS)   # files
+        # Paths of empty files ready to be renamed. Filled by one worker thread and
+        # by recycle() on the loop, taken by the loop: extend, append and popleft
+        # are atomic.
         self._spares: collections.deque[str] = collections.deque()
+        # Output paths of recently finished processes, newest last: reused when spares run out.
+        self._finished: collections.deque[str] = collections.deque(maxlen=2 * max(spares, _BATCH))
         self._serial = itertools.count()
         self._token = os.urandom(4).hex()        # batch names never meet a previous run's
         self._refilling = False                   # a refill thread is running
@@ -81,16 +102,32 @@ class OutputStore:
     def prepare(self, process_id: int) -> tuple[str, str]:
         """(stdout path, stderr path) for a process about to start; spare files if any are ready."""
         stdout, stderr = f"{self._prefix}{process_id}.stdout", f"{self._prefix}{process_id}.stderr"
-        try:
-            stem = self._spares.popleft()
-        except IndexError:
-            return stdout, stderr  # the spawn creates them
-        try:
-            os.rename(f"{stem}.stdout", stdout)
-            os.rename(f"{stem}.stderr", stderr)
-        except OSError:
-            pass  # a spare went missing: whatever is not renamed, the spawn creates
+        for path in (stdout, stderr):
+            try:
+                os.rename(self._spares.popleft(), path)
+                continue
+            except IndexError:
+                pass
+            except OSError:
+                continue  # a spare went missing: the spawn creates this one
+            self._reuse_finished(path)
         return stdout, stderr
+
+    def finished(self, process_id: int) -> None:
+        """A process ended: its output files may be reused once they are empty and unused."""
+        self._finished.append(f"{self._prefix}{process_id}.stdout")
+        self._finished.append(f"{self._prefix}{process_id}.stderr")
+
+    def _reuse_finished(self, path: str) -> bool:
+        """Rename a finished process's empty, unused file to ``path``; False if none was found."""
+        for _ in range(_REUSE_TRIES):
+            try:
+                candidate = self._finished.pop()
+            except IndexError:
+                return False
+            if _take_if_empty_and_unused(candidate, path):
+                return True
+        return False
 
     # --- spares ---
 
@@ -138,22 +175,22 @@ class OutputStore:
         Each batch is made in a directory of its own and published when it is
         done: creating a file holds its directory's lock for as long as the
         inode takes, and a rename out of that directory would wait for it.
+        Returns how many files it made.
         """
         made = 0
         self._remove_drained_batches()
         while len(self._spares) < self._spares_wanted and not self._paused:
             batch = f"{self._spare_prefix}{self._token}-{next(self._serial)}"
             os.mkdir(batch, 0o700)
-            stems = []
+            files = []
             for n in range(min(_BATCH, self._spares_wanted - len(self._spares))):
                 if self._paused:
                     break
-                stem = f"{batch}{os.sep}{n}"
-                for stream in STREAMS:
-                    os.close(os.open(f"{stem}.{stream}", _CREATE, 0o600))
-                stems.append(stem)
-            self._spares.extend(stems)
-            made += len(stems)
+                path = f"{batch}{os.sep}{n}"
+                os.close(os.open(path, _CREATE, 0o600))
+                files.append(path)
+            self._spares.extend(files)
+            made += len(files)
         return made
 
     def _remove_drained_batches(self) -> None:
@@ -166,28 +203,20 @@ class OutputStore:
                         pass  # pairs left in it
 
     def _adopt_spares(self) -> None:
-        """Reuse the empty pairs a previous run left; remove anything else in the spare dir."""
+        """Reuse the empty files a previous run left; remove anything else in the spare dir."""
         with os.scandir(self._spare_dir) as batches:
             listed = list(batches)
         for batch in listed:
             if not batch.is_dir(follow_symlinks=False):
                 _remove(batch.path)
                 continue
-            stems: collections.Counter[str] = collections.Counter()
             with os.scandir(batch.path) as entries:
                 for entry in entries:
-                    stem, _, stream = entry.path.rpartition(".")
-                    if stream in STREAMS and entry.is_file(follow_symlinks=False) \
+                    if entry.is_file(follow_symlinks=False) and len(self._spares) < self._spares_wanted \
                             and entry.stat(follow_symlinks=False).st_size == 0:
-                        stems[stem] += 1
+                        self._spares.append(entry.path)
                     else:
                         _remove(entry.path)
-            for stem, count in stems.items():
-                if count == len(STREAMS) and len(self._spares) < self._spares_wanted:
-                    self._spares.append(stem)
-                else:
-                    for stream in STREAMS:
-                        _remove(f"{stem}.{stream}")
         self._remove_drained_batches()
 
     def _move_legacy_layout(self) -> None:
@@ -251,6 +280,40 @@ class OutputStore:
     def remove(self, process_id: int) -> None:
         for stream in STREAMS:
             _remove(self.path(process_id, stream))
+
+
+def _take_if_empty_and_unused(path: str, target: str) -> bool:
+    """Rename ``path`` to ``target`` if it is empty and no open file refers to it.
+
+    See the module docstring: the write lease is the kernel's "nobody else has
+    it open", and a lease broken while we hold it means someone opened the file
+    in that moment, so the rename is undone.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except OSError:  # open elsewhere (EAGAIN), or no leases on this filesystem
+        os.close(fd)
+        return False
+    try:
+        if os.fstat(fd).st_size != 0:
+            return False
+        os.rename(path, target)
+        if fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_WRLCK:
+            os.rename(target, path)
+            return False
+        return True
+    except OSError:
+        return False
+    finally:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        finally:
+            os.close(fd)
 
 
 def _remove(path: str) -> None:

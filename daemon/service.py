@@ -79,7 +79,7 @@ async def open_core(config: Config) -> tuple[Registry, Supervisor]:
     """Open the registry and start the supervisor (also used by in-process tests)."""
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     registry = await Registry.open(config.database_path)
-    supervisor = Supervisor(config, registry, OutputStore(config.output_dir))
+    supervisor = Supervisor(config, registry, OutputStore(config.output_dir, config.spare_outputs))
     try:
         await supervisor.start()
     except BaseException:

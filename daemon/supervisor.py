@@ -624,6 +624,7 @@ class Supervisor:
         held_slot = proc.state in ACTIVE_STATES
         if held_slot:
             self._cap_output(proc)
+            self.outputs.finished(proc.id)
         self._apply(proc, event)
         proc.completed_at = now_iso()
         if status is not None:

@@ -192,3 +192,38 @@ async def test_starts_take_spare_output_files_and_a_quiet_daemon_makes_more(clie
     assert await (await client.get(f"/processes/{record['id']}/output?stream=stdout")).read() == b"out\n"
     assert await (await client.get(f"/processes/{record['id']}/output?stream=stderr")).read() == b"err\n"
     await async_wait_for(_spares_are(client, full), 15, "spares refilled once quiet")
+
+
+async def test_without_spares_starts_reuse_the_empty_files_of_finished_children(
+        make_daemon: Any) -> None:
+    client = await make_daemon(spare_outputs=0)
+    first = await start(client, argv=["true"])
+    await wait_idle(client, first["id"])
+    out_dir = client.config.output_dir
+    inodes = {os.stat(out_dir / f"{first['id']}.{s}").st_ino for s in ("stdout", "stderr")}
+    second = await start(client, argv=["sh", "-c", "echo out"])
+    await wait_idle(client, second["id"])
+    assert {os.stat(out_dir / f"{second['id']}.{s}").st_ino for s in ("stdout", "stderr")} == inodes
+    assert spare_files(out_dir) == 0
+    for stream, text in (("stdout", b""), ("stderr", b"")):
+        response = await client.get(f"/processes/{first['id']}/output?stream={stream}")
+        assert response.status == 200 and await response.read() == text
+    response = await client.get(f"/processes/{second['id']}/output?stream=stdout")
+    assert await response.read() == b"out\n"
+
+
+async def test_output_written_after_the_leader_exits_stays_with_its_record(make_daemon: Any) -> None:
+    # The leader exits at once; a process that left its session still holds stdout
+    # and writes later. Its file must not be handed to the next start meanwhile.
+    client = await make_daemon(spare_outputs=0)
+    # The leader leaves only once the other process is out of its group (it prints
+    # "ready" after setsid), so the group sweep does not stop it as a straggler.
+    record = await start(client, command="(setsid sh -c 'echo ready >&2; sleep 0.3; echo late' &); "
+                                         "until grep -q ready /proc/$$/fd/2; do sleep 0.01; done")
+    assert (await wait_idle(client, record["id"]))["exitState"] == "success"
+    other = await start(client, argv=["sleep", "5"])
+    await async_wait_for(lambda: printed(client, record["id"], "late"), what="the late write")
+    response = await client.get(f"/processes/{other['id']}/output?stream=stdout")
+    assert await response.read() == b""
+    await client.post(f"/processes/{other['id']}/signals/kill")
+    await wait_idle(client, other["id"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from daemon.output import OutputStore
@@ -15,7 +16,7 @@ def _files(root: Path) -> set[str]:
 
 def test_prepare_renames_spares_and_creates_nothing_on_the_caller(tmp_path: Path) -> None:
     store = OutputStore(tmp_path / "output", spares=4)
-    assert store.make_spares() == 4
+    assert store.make_spares() == 8  # files: two per pair
     stdout, stderr = store.prepare(7)
     assert (stdout, stderr) == (str(tmp_path / "output" / "7.stdout"), str(tmp_path / "output" / "7.stderr"))
     assert os.path.getsize(stdout) == 0 and os.path.getsize(stderr) == 0
@@ -37,7 +38,7 @@ def test_without_spares_prepare_only_names_the_files(tmp_path: Path) -> None:
 def test_spares_left_by_a_crash_are_reused_and_junk_is_removed(tmp_path: Path) -> None:
     OutputStore(tmp_path / "output", spares=3).make_spares()
     [batch] = (tmp_path / "output" / ".spare").iterdir()
-    (batch / "odd.stdout").write_text("")                 # half a pair
+    (batch / "odd.stdout").write_text("")                 # one too many
     (batch / "used.stdout").write_text("x")               # not empty: not a spare
     (batch / "used.stderr").write_text("")
     (tmp_path / "output" / ".spare" / "stray").write_text("")
@@ -87,8 +88,59 @@ def test_a_restarted_store_tops_up_what_it_adopted(tmp_path: Path) -> None:
     first.make_spares()
     first.prepare(1)
     second = OutputStore(tmp_path / "output", spares=3)
-    assert second.make_spares() == 1
+    assert second.make_spares() == 2
     assert spare_files(tmp_path / "output") == 2 * 3
     assert {second.prepare(n)[0] for n in (2, 3, 4)} == {str(tmp_path / "output" / f"{n}.stdout")
                                                         for n in (2, 3, 4)}
     assert spare_files(tmp_path / "output") == 0
+
+
+def _finished_output(store: OutputStore, process_id: int, stdout: bytes = b"") -> tuple[int, int]:
+    """Files of a process that ran and ended (their inode numbers)."""
+    out, err = store.prepare(process_id)
+    with open(out, "ab") as handle:
+        handle.write(stdout)
+    open(err, "ab").close()
+    store.finished(process_id)
+    return os.stat(out).st_ino, os.stat(err).st_ino
+
+
+def test_a_start_without_spares_reuses_empty_files_of_finished_processes(tmp_path: Path) -> None:
+    root = tmp_path / "output"
+    store = OutputStore(root, spares=0)
+    first = _finished_output(store, 1)                    # nothing to reuse: created
+    second = _finished_output(store, 2, stdout=b"kept\n")  # takes 1's two empty files
+    assert set(second) == set(first)
+    assert _files(root) == {"2.stdout", "2.stderr"}
+    assert store.read(1, "stdout") == (0, b"") and store.read(1, "stderr") == (0, b"")
+    out, err = store.prepare(3)       # 2's stderr is empty and reused; its stdout is not
+    assert os.stat(out).st_ino == second[1] and not os.path.exists(err)
+    assert _files(root) == {"2.stdout", "3.stdout"}
+    assert store.read(2, "stdout") == (0, b"kept\n")
+
+
+def test_output_some_process_still_holds_is_not_reused(tmp_path: Path) -> None:
+    root = tmp_path / "output"
+    store = OutputStore(root, spares=0)
+    out, err = store.prepare(1)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    open(err, "ab").close()
+    straggler = subprocess.Popen(["sleep", "30"], stdout=fd)
+    os.close(fd)
+    store.finished(1)
+    try:
+        store.prepare(2)
+        assert _files(root) == {"1.stdout", "2.stdout"}   # 1's stderr reused, its stdout held
+        assert not os.path.exists(root / "2.stderr")       # nothing left to reuse: the spawn creates it
+    finally:
+        straggler.kill()
+        straggler.wait()
+
+
+def test_spares_come_before_finished_files(tmp_path: Path) -> None:
+    root = tmp_path / "output"
+    store = OutputStore(root, spares=1)
+    _finished_output(store, 1)       # took the first spare pair
+    store.make_spares()
+    store.prepare(2)
+    assert _files(root) == {"1.stdout", "1.stderr", "2.stdout", "2.stderr"}
