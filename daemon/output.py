@@ -74,9 +74,8 @@ class OutputStore:
         self._spare_dir = root / _SPARE_DIR
         self._spare_prefix = f"{self._spare_dir}{os.sep}"
         self._spares_wanted = spares * len(STREAMS)   # files
-        # Paths of empty files ready to be renamed. Filled by one worker thread and
-        # by recycle() on the loop, taken by the loop: extend, append and popleft
-        # are atomic.
+        # Paths of empty files ready to be renamed. Filled by one worker thread, taken
+        # by the loop: deque.extend and popleft are atomic.
         self._spares: collections.deque[str] = collections.deque()
         # Output paths of recently finished processes, newest last: reused when spares run out.
         self._finished: collections.deque[str] = collections.deque(maxlen=2 * max(spares, _BATCH))
@@ -100,7 +99,11 @@ class OutputStore:
         return f"{self._prefix}{process_id}.{stream}"
 
     def prepare(self, process_id: int) -> tuple[str, str]:
-        """(stdout path, stderr path) for a process about to start; spare files if any are ready."""
+        """(stdout path, stderr path) for a process about to start.
+
+        Each file is a spare renamed to its name, else a finished process's empty,
+        unused file renamed to it, else nothing yet: the spawn creates it.
+        """
         stdout, stderr = f"{self._prefix}{process_id}.stdout", f"{self._prefix}{process_id}.stderr"
         for path in (stdout, stderr):
             try:
@@ -200,7 +203,7 @@ class OutputStore:
                     try:
                         os.rmdir(entry.path)
                     except OSError:
-                        pass  # pairs left in it
+                        pass  # spares left in it
 
     def _adopt_spares(self) -> None:
         """Reuse the empty files a previous run left; remove anything else in the spare dir."""
