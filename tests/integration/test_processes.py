@@ -137,10 +137,10 @@ async def test_process_orphaned_during_the_stop_is_stopped_too(client: Any) -> N
 
 
 async def test_orphan_unreadable_for_a_moment_is_waited_for_and_stopped(client: Any) -> None:
-    # A slow execve, drawn out: the orphan shows an empty environment for 50 ms, then
+    # A slow execve, drawn out: the orphan shows an empty environment for 20 ms, then
     # carries the record's marker. The leader exits only once the orphan's environment
     # is empty, so the stop must not settle on "no orphans" at its first look.
-    orphan = ('setsid env -i sh -c "sleep 0.05; export STABLEHAND_ID=$STABLEHAND_ID '
+    orphan = ('setsid env -i sh -c "sleep 0.02; export STABLEHAND_ID=$STABLEHAND_ID '
               'STABLEHAND_INSTANCE=$STABLEHAND_INSTANCE; exec sleep 305" &'
               ' while grep -q STABLEHAND_ID /proc/$!/environ; do :; done; exit 0')
     script = f"trap '{orphan}' TERM; echo ready; while :; do sleep 0.05; done"
@@ -174,7 +174,7 @@ async def test_orphan_with_an_empty_environment_is_left_alone(client: Any) -> No
 async def _slow_exec_over() -> bool:
     """Whether the drawn-out exec has reached ``sleep 305`` or is gone without it."""
     lines = [" ".join(proc.info["cmdline"] or []) for proc in psutil.process_iter(["cmdline"])]
-    return "sleep 305" in lines or not any("sleep 0.05; export" in line for line in lines)
+    return "sleep 305" in lines or not any("sleep 0.02; export" in line for line in lines)
 
 
 async def _process_running(cmdline: str) -> psutil.Process | None:
