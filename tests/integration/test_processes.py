@@ -364,7 +364,7 @@ async def test_wait_right_after_a_fast_exit_is_never_a_false_408(client: Any) ->
 async def test_children_inherit_no_daemon_fds(client: Any, tmp_path: Any) -> None:
     """Only stdin, stdout and stderr reach a child (sockets, pidfds, SQLite stay behind)."""
     script = "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))"
-    for body in ({}, {"cwd": str(tmp_path)}):  # the posix_spawn path and the Popen path
+    for body in ({}, {"cwd": str(tmp_path)}):  # without and with a chdir in the child
         record = await start(client, argv=["python3", "-c", script], **body)
         await wait_idle(client, record["id"])
         out = (client.config.output_dir / f"{record['id']}.stdout").read_text()
