@@ -73,11 +73,16 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> float:
-        """Start; returns seconds until /healthz answered."""
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "serve", "--state-dir", str(self.state_dir), "--listen",
-             f"127.0.0.1:{self.port}", "--socket", "none", "--log-level", "warning", "--grace", "5"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        """Start; returns seconds until /healthz answered.
+
+        The daemon logs at its default level (info) to a file beside the state dir,
+        as it would to journald: the log lines are part of what a start or stop costs.
+        """
+        with open(self.state_dir.parent / f"{self.state_dir.name}.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "daemon", "serve", "--state-dir", str(self.state_dir),
+                 "--listen", f"127.0.0.1:{self.port}", "--socket", "none", "--grace", "5"],
+                stdout=log, stderr=log)
         return _wait_http(self.url + "/healthz", self.proc)
 
     def stop(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -153,8 +154,13 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One structured ``http.request`` event per request (never the Authorization header)."""
+    """One structured ``http.request`` event per request at debug level (never the
+    Authorization header); at info and above aiohttp is told not to call it at all."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(log.is_enabled_for(logging.DEBUG))
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        log.info("http.request", method=request.method, path=request.path,
+        log.debug("http.request", method=request.method, path=request.path,
                  status=response.status, ms=round(time * 1000, 2))
