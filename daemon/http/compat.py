@@ -34,6 +34,7 @@ from ..errors import ApiError, Conflict
 from ..model import Process, State, now_iso
 from ..supervisor import KILL_WAIT, Supervisor
 from . import parse
+from .jsonio import json_response
 from .keys import CONFIG, SUPERVISOR
 
 routes = web.RouteTableDef()
@@ -75,15 +76,15 @@ async def _body_or_none(request: web.Request) -> dict[str, Any] | None:
 async def terminate(request: web.Request) -> web.Response:
     pid = _pid_from_path(request)
     if pid is None:
-        return web.json_response({"error": f"Invalid PID: {request.match_info['pid']}"}, status=400)
+        return json_response({"error": f"Invalid PID: {request.match_info['pid']}"}, status=400)
     supervisor = _supervisor(request)
     record, running = await _running_record(supervisor, pid)
-    not_found = web.json_response({"error": f"Process not found: PID {pid}"}, status=404)
+    not_found = json_response({"error": f"Process not found: PID {pid}"}, status=404)
     if record is not None and not running:
-        return web.json_response({"error": f"Process already terminated: PID {pid}"}, status=400)
+        return json_response({"error": f"Process already terminated: PID {pid}"}, status=400)
     body = await _body_or_none(request)
     if body is None or not isinstance(body.get("force", False), bool):
-        return web.json_response({"error": "'force' must be a boolean"}, status=400)
+        return json_response({"error": "'force' must be a boolean"}, status=400)
     sig = signal.SIGKILL if body.get("force", False) else signal.SIGTERM
     try:
         if record is None:
@@ -93,14 +94,14 @@ async def terminate(request: web.Request) -> web.Response:
         else:
             await supervisor.stop(record.id, sig=sig, grace=0 if sig == signal.SIGKILL else None)
     except Conflict:
-        return web.json_response({"error": f"Process already terminated: PID {pid}"}, status=400)
+        return json_response({"error": f"Process already terminated: PID {pid}"}, status=400)
     except ProcessLookupError:
         return not_found
     except OSError as exc:
-        return web.json_response({"error": f"Failed to terminate process: {exc.strerror or exc}"},
-                                 status=500)
-    return web.json_response({"success": True, "pid": pid, "status": "terminated",
-                              "message": "Process terminated successfully", "timestamp": now_iso()})
+        return json_response({"error": f"Failed to terminate process: {exc.strerror or exc}"},
+                             status=500)
+    return json_response({"success": True, "pid": pid, "status": "terminated",
+                          "message": "Process terminated successfully", "timestamp": now_iso()})
 
 
 # --- 000: reference-server, POST /api/process/terminate-gracefully/<int:pid> ------------
@@ -109,12 +110,12 @@ async def terminate(request: web.Request) -> web.Response:
 async def terminate_gracefully(request: web.Request) -> web.Response:
     pid = _pid_from_path(request)
     if pid is None:
-        return web.json_response({"error": f"Invalid PID: {request.match_info['pid']}"}, status=400)
+        return json_response({"error": f"Invalid PID: {request.match_info['pid']}"}, status=400)
 
     def failed(error: str | None = None) -> web.Response:
-        return web.json_response({"success": False,
-                                  "error": error or f"Failed to terminate process {pid}",
-                                  "pid": pid, "timestamp": now_iso()}, status=400)
+        return json_response({"success": False,
+                              "error": error or f"Failed to terminate process {pid}",
+                              "pid": pid, "timestamp": now_iso()}, status=400)
 
     body = await _body_or_none(request)
     if body is None:
@@ -138,8 +139,8 @@ async def terminate_gracefully(request: web.Request) -> web.Response:
         return failed()
     if not gone:
         return failed()
-    return web.json_response({"success": True, "message": f"Process {pid} terminated successfully",
-                              "pid": pid, "timestamp": now_iso()})
+    return json_response({"success": True, "message": f"Process {pid} terminated successfully",
+                          "pid": pid, "timestamp": now_iso()})
 
 
 # --- 002: psys, POST /api/connections/kill ------------------------------------------------
@@ -161,7 +162,7 @@ def _psys_pid(body: dict[str, Any] | None) -> int | None:
 async def psys_kill(request: web.Request) -> web.Response:
     pid = _psys_pid(await _body_or_none(request))
     if pid is None:
-        return web.json_response({"error": "Invalid pid"}, status=400)
+        return json_response({"error": "Invalid pid"}, status=400)
     supervisor = _supervisor(request)
     record = await supervisor.record_for_pid(pid)
     try:
@@ -173,22 +174,22 @@ async def psys_kill(request: web.Request) -> web.Response:
         elif _allow_unmanaged(request) and record is None:
             await supervisor.signal_unmanaged(pid, signal.SIGTERM)
         elif supervisor.pid_exists(pid):
-            return web.json_response({"error": "Permission denied"}, status=403)
+            return json_response({"error": "Permission denied"}, status=403)
         else:
-            return web.json_response({"error": "Process not found"}, status=404)
+            return json_response({"error": "Process not found"}, status=404)
     except ProcessLookupError:
-        return web.json_response({"error": "Process not found"}, status=404)
+        return json_response({"error": "Process not found"}, status=404)
     except PermissionError:
-        return web.json_response({"error": "Permission denied"}, status=403)
+        return json_response({"error": "Permission denied"}, status=403)
     except (OSError, ApiError):
-        return web.json_response({"error": "Failed to kill process"}, status=500)
-    return web.json_response({"ok": True})
+        return json_response({"error": "Failed to kill process"}, status=500)
+    return json_response({"ok": True})
 
 
 # --- 003: Tensorlake, DELETE /api/v1/processes/{pid} and its Send Signal -----------------
 
 def _tensorlake_error(status: int, message: str, code: str) -> web.Response:
-    return web.json_response({"error": message, "code": code}, status=status)
+    return json_response({"error": message, "code": code}, status=status)
 
 
 @routes.delete("/api/v1/processes/{pid}")
@@ -246,4 +247,4 @@ async def tensorlake_signal(request: web.Request) -> web.Response:
     except OSError as exc:
         return _tensorlake_error(500, f"failed to signal process {pid}: {exc.strerror or exc}",
                                  "signal_failed")
-    return web.json_response({"success": True})
+    return json_response({"success": True})

@@ -12,6 +12,7 @@ from ..errors import BadRequest
 from ..output import STREAMS
 from ..supervisor import Supervisor
 from . import parse
+from .jsonio import json_response
 from .keys import SUPERVISOR
 
 routes = web.RouteTableDef()
@@ -88,7 +89,7 @@ async def write_stdin(request: web.Request) -> web.Response:
     if len(data) > MAX_STDIN_BYTES:
         raise BadRequest(f"at most {MAX_STDIN_BYTES} bytes per write")
     written = await _supervisor(request).write_stdin(process_id, data)
-    return web.json_response({"written": written})
+    return json_response({"written": written})
 
 
 @routes.post("/processes/{id}/stdin/close")
@@ -109,7 +110,7 @@ async def send_signal(request: web.Request) -> web.Response:
         raise BadRequest("'group' must be a boolean")
     await supervisor.get(process_id)
     supervisor.send_signal(process_id, number, group=group)
-    return web.json_response((await supervisor.get(process_id)).to_json())
+    return json_response((await supervisor.get(process_id)).to_json())
 
 
 @routes.post("/processes/{id}/stop")
@@ -124,7 +125,7 @@ async def stop(request: web.Request) -> web.Response:
     number = _signal(body["signal"], supervisor) if body.get("signal") is not None \
         else int(signal_module.SIGTERM)
     record = await supervisor.stop(process_id, grace=grace, sig=number)
-    return web.json_response(record.to_json())
+    return json_response(record.to_json())
 
 
 @routes.delete("/processes/{id}")

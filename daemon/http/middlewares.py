@@ -20,6 +20,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from ..errors import ApiError, Forbidden, Unauthorized
 from ..oskit import peer_credentials
+from .jsonio import json_response
 from .keys import CONFIG, RATE_LIMITER, SUPERVISOR
 from .ratelimit import Decision
 
@@ -39,7 +40,7 @@ def error_response(request: web.Request, status: int, message: str, code: str | 
         code = _CODES.get(status, "error")
     if code is not None:
         body["code"] = code
-    return web.json_response(body, status=status, headers=headers)
+    return json_response(body, status=status, headers=headers)
 
 
 async def _rendered(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -115,7 +116,7 @@ def _client_key(request: web.Request, sock: socket.socket | None) -> str:
 
 
 def _rate_limited(decision: Decision) -> web.Response:
-    return web.json_response(
+    return json_response(
         {"error": "rate_limit_exceeded",
          "message": f"Too many requests: retry in {decision.retry_after} s.",
          "retryAfter": decision.retry_after},

@@ -19,6 +19,7 @@ from ..errors import BadRequest
 from ..model import ExitState, State
 from ..supervisor import StartSpec, Supervisor
 from . import parse
+from .jsonio import json_response
 from .keys import SUPERVISOR
 
 routes = web.RouteTableDef()
@@ -85,7 +86,7 @@ def _idempotency_key(request: web.Request) -> str | None:
 async def create_process(request: web.Request) -> web.Response:
     spec = start_spec(await parse.json_object(request, required=True))
     record, created = await _supervisor(request).create(spec, _idempotency_key(request))
-    return web.json_response(record.to_json(), status=201 if created else 200)
+    return json_response(record.to_json(), status=201 if created else 200)
 
 
 def _enum_query(request: web.Request, name: str, enum: type[State] | type[ExitState]) -> Any:
@@ -114,14 +115,14 @@ async def list_processes(request: web.Request) -> web.Response:
         before_id=cursor, limit=limit + 1)
     more = len(records) > limit
     records = records[:limit]
-    return web.json_response({"processes": [r.to_json() for r in records],
-                              "next": str(records[-1].id) if more else None})
+    return json_response({"processes": [r.to_json() for r in records],
+                          "next": str(records[-1].id) if more else None})
 
 
 @routes.get("/processes/{id}")
 async def get_process(request: web.Request) -> web.Response:
     record = await _supervisor(request).get(parse.path_id(request))
-    return web.json_response(record.to_json())
+    return json_response(record.to_json())
 
 
 @routes.post("/processes/{id}/signals/kill")
@@ -129,7 +130,7 @@ async def kill_process(request: web.Request) -> web.Response:
     process_id = parse.path_id(request)
     await parse.json_object(request)  # the payload is ignored; only object-ness is validated
     record = await _supervisor(request).stop(process_id)
-    return web.json_response(record.to_json())
+    return json_response(record.to_json())
 
 
 @routes.get("/processes/{id}/wait")
@@ -137,7 +138,7 @@ async def wait_process(request: web.Request) -> web.Response:
     process_id = parse.path_id(request)
     timeout = parse.query_number(request, "timeout", DEFAULT_WAIT, maximum=MAX_WAIT)
     record, done = await _supervisor(request).wait(process_id, timeout)
-    return web.json_response(record.to_json(), status=200 if done else 408)
+    return json_response(record.to_json(), status=200 if done else 408)
 
 
 _SPEC_PATH = Path(__file__).with_name("openapi.yaml")
@@ -151,7 +152,7 @@ def openapi_document() -> dict[str, Any]:
 
 @routes.get("/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    return json_response(openapi_document())
 
 
 @routes.get("/metrics")
@@ -165,4 +166,4 @@ async def metrics(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", **_supervisor(request).counts()})
+    return json_response({"status": "ok", **_supervisor(request).counts()})

@@ -9,12 +9,12 @@ closing an idle stream.
 from __future__ import annotations
 
 import asyncio
-import json
 
 from aiohttp import web
 
 from ..errors import BadRequest
 from . import parse
+from .jsonio import dumps
 from .keys import SUPERVISOR
 
 routes = web.RouteTableDef()
@@ -49,7 +49,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 continue
             if only_ref is not None and event.ref != only_ref:
                 continue
-            data = json.dumps({"id": event.process_id, "state": event.record["state"],
+            data = dumps({"id": event.process_id, "state": event.record["state"],
                                "exitState": event.record["exitState"], "record": event.record})
             await response.write(f"id: {event.seq}\nevent: state\ndata: {data}\n\n".encode())
     finally:

@@ -22,7 +22,6 @@ Decisions where Tensorlake's documents are silent:
 from __future__ import annotations
 
 import asyncio
-import json
 import signal as signal_module
 import time
 from collections.abc import AsyncIterator
@@ -34,6 +33,7 @@ from ..errors import ApiError, BadRequest, NotFound
 from ..model import Process, State, iso_to_epoch
 from ..supervisor import StartSpec, Supervisor
 from . import parse
+from .jsonio import dumps, json_response
 from .keys import SUPERVISOR
 
 routes = web.RouteTableDef()
@@ -136,21 +136,21 @@ async def start(request: web.Request) -> web.Response:
     record, _ = await supervisor.create(spec)
     if record.state is State.IDLE and record.pid is None:
         raise BadRequest(record.error or "the process could not be started", code="spawn_failed")
-    return web.json_response(tensorlake_record(record, _stdin_writable(supervisor, record)), status=201)
+    return json_response(tensorlake_record(record, _stdin_writable(supervisor, record)), status=201)
 
 
 @routes.get("/api/v1/processes")
 async def list_processes(request: web.Request) -> web.Response:
     supervisor = _supervisor(request)
     records = await supervisor.registry.list(limit=100)
-    return web.json_response({"processes": [tensorlake_record(r, _stdin_writable(supervisor, r))
-                                            for r in records if r.pid is not None]})
+    return json_response({"processes": [tensorlake_record(r, _stdin_writable(supervisor, r))
+                                        for r in records if r.pid is not None]})
 
 
 @routes.get("/api/v1/processes/{pid}")
 async def get_process(request: web.Request) -> web.Response:
     record = await _record_for(request)
-    return web.json_response(tensorlake_record(record, _stdin_writable(_supervisor(request), record)))
+    return json_response(tensorlake_record(record, _stdin_writable(_supervisor(request), record)))
 
 
 @routes.post("/api/v1/processes/{pid}/stdin")
@@ -212,7 +212,7 @@ async def output(request: web.Request) -> web.Response:
     lines: list[str] = []
     for stream in _streams(_stream_name(request)):
         lines += await LineReader(supervisor, record.id, stream).lines(final=True)
-    return web.json_response({"pid": record.pid, "lines": lines, "line_count": len(lines)})
+    return json_response({"pid": record.pid, "lines": lines, "line_count": len(lines)})
 
 
 async def _sse(request: web.Request) -> web.StreamResponse:
@@ -222,7 +222,7 @@ async def _sse(request: web.Request) -> web.StreamResponse:
 
 
 async def _send(response: web.StreamResponse, event: str, data: dict[str, Any]) -> None:
-    await response.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+    await response.write(f"event: {event}\ndata: {dumps(data)}\n\n".encode())
 
 
 async def _follow_lines(request: web.Request, process_id: int,
