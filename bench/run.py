@@ -142,17 +142,36 @@ async def start_and_kill(session: aiohttp.ClientSession, url: str, n: int) -> tu
     start_ms = (time.perf_counter() - began) * 1000
     assert all(r["state"] == "running" and r["pid"] for r in records)
 
-    async def kill(record: dict[str, Any]) -> None:
-        """What a client does: kill, then wait until the record is idle."""
-        async with session.post(f"{url}/processes/{record['id']}/signals/kill", json={}) as response:
-            assert response.status == 200
-        async with session.get(f"{url}/processes/{record['id']}/wait?timeout=60") as response:
-            assert response.status == 200
     began = time.perf_counter()
-    await _pool(records, kill)
+    await _pool([r["id"] for r in records], lambda process_id: kill_and_wait(session, url, process_id))
     while not all(_gone(r["pid"]) for r in records):
         await asyncio.sleep(0.001)
     return start_ms, (time.perf_counter() - began) * 1000
+
+
+async def kill_and_wait(session: aiohttp.ClientSession, url: str, process_id: int) -> None:
+    """What a client does in B2: kill, then wait until the record is idle."""
+    async with session.post(f"{url}/processes/{process_id}/signals/kill", json={}) as response:
+        assert response.status == 200
+    async with session.get(f"{url}/processes/{process_id}/wait?timeout=60") as response:
+        assert response.status == 200
+
+
+async def http_floor(url: str, n: int, rounds: int) -> tuple[float, float]:
+    """The HTTP alone, against the bare handler: B2's requests (kill and wait for n ids,
+    16 clients; median of rounds) in ms, and one round trip's median in ms (B3 makes two).
+
+    B2 and B3 have targets in milliseconds, and on this VM the same requests answered by
+    a handler doing nothing take two to three times longer on some days than on others.
+    """
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CLIENTS * 2)) as session:
+        await timed(session, "GET", url + "/processes/1", 5)  # warm-up
+        samples = []
+        for _ in range(rounds):
+            began = time.perf_counter()
+            await _pool(list(range(1, n + 1)), lambda i: kill_and_wait(session, url, i))
+            samples.append((time.perf_counter() - began) * 1000)
+        return statistics.median(samples), await timed(session, "GET", url + "/processes/1", 200)
 
 
 async def kill_latency(session: aiohttp.ClientSession, url: str, reps: int) -> list[float]:
@@ -292,13 +311,16 @@ async def bench(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     try:
         _wait_http(f"http://127.0.0.1:{bare_port}/processes/1", bare)
         bare_rate = await read_rate(f"http://127.0.0.1:{bare_port}", "/processes/1", sizes.read_seconds)
+        floor_b2_ms, floor_rtt_ms = await http_floor(f"http://127.0.0.1:{bare_port}", sizes.children,
+                                                     sizes.rounds)
     finally:
         bare.terminate()
         bare.wait()
 
     daemon = Daemon(workdir / "state")
     daemon.state_dir.mkdir(mode=0o700)
-    results: dict[str, Any] = {"raw": raw, "bare_rate": bare_rate,
+    results: dict[str, Any] = {"raw": raw, "bare_rate": bare_rate, "floor_b2_ms": floor_b2_ms,
+                               "floor_rtt_ms": floor_rtt_ms,
                                "file_create_us": file_create_us(workdir / "state" / "probe")}
     daemon.start()
     try:
@@ -412,7 +434,10 @@ def report(r: dict[str, Any], sizes: Sizes) -> str:
     ]
     lines = ["| id | workload | Stablehand | reference | ratio | target |", "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines.append(f"\na /metrics scrape costs the daemon {r['scrape_cpu_ms']:.2f} ms of CPU"
+    lines.append(f"\nthe same HTTP against a bare aiohttp handler, this run: B2's {2 * sizes.children}"
+                 f" requests {r['floor_b2_ms']:.0f} ms; one round trip p50 {r['floor_rtt_ms']:.2f} ms"
+                 " (B3 makes two)")
+    lines.append(f"a /metrics scrape costs the daemon {r['scrape_cpu_ms']:.2f} ms of CPU"
                  f" ({r['scrape_cpu_ms'] / 100:.1%} of one core at one scrape per 100 ms)")
     lines.append(f"creating one file in the state dir: {r['file_create_us']:.0f} us (median, this run;"
                  " a start creates its two only without spares or finished empty files to reuse)")

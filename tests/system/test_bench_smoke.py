@@ -15,3 +15,5 @@ def test_bench_quick_runs_and_reports_every_workload() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     for workload in ("B1", "B2", "B3", "B4", "B5", "B6", "B7"):
         assert f"| {workload} |" in result.stdout
+    assert "against a bare aiohttp handler, this run" in result.stdout
+    assert "a /metrics scrape costs the daemon" in result.stdout
