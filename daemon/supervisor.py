@@ -53,6 +53,7 @@ from .model import (
     stopped_event, transition,
 )
 from .output import OutputStore
+from .recent import RecentRecords
 from .registry import DuplicateKey, Registry
 
 # Environment variables a child must never inherit from the daemon.
@@ -128,6 +129,7 @@ class Supervisor:
         self._busy = 0                               # slots held (running + terminating)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idle_waiters: dict[int, list[asyncio.Future[Process | None]]] = {}
+        self._recent = RecentRecords()                # settled records, read without SQLite
         self._stop_sets: dict[int, dict[int, int]] = {}    # id -> tree members being stopped
         self._listeners: list[Listener] = []
         self.events = EventHub()
@@ -196,9 +198,15 @@ class Supervisor:
     # --- queries -------------------------------------------------------------------
 
     async def get(self, process_id: int) -> Process:
+        """The committed record (shared when idle: do not change it)."""
+        record = self._recent.get(process_id)
+        if record is not None:
+            return record
+        generation = self._recent.generation
         record = await self.registry.get(process_id)
         if record is None:
             raise NotFound(f"process {process_id} not found")
+        self._recent.offer(record, generation)
         return record
 
     @property
@@ -646,7 +654,8 @@ class Supervisor:
             del self._live[proc.id]  # only now: waiters registered meanwhile are still woken
         self.log.info("process.exited", process_id=proc.id, exit_state=proc.exit_state.value,
                       exit_code=proc.exit_code, exit_signal=proc.exit_signal, error=proc.error)
-        final = proc.copy()  # committed: waiters need not read it back
+        final = proc.copy()  # committed: waiters and readers need not read it back
+        self._recent.add(final)
         for waiter in self._idle_waiters.pop(proc.id, []):
             if not waiter.done():
                 waiter.set_result(final)
@@ -862,7 +871,11 @@ class Supervisor:
         proc = self._live.get(process_id)
         if proc is not None:
             raise Conflict(f"process {process_id} is {proc.state.value}, not idle")
-        await self.registry.delete(process_id)
+        self._recent.forget(process_id)
+        try:
+            await self.registry.delete(process_id)
+        finally:
+            self._recent.forget(process_id)  # and what a read racing the deletion kept
         self.outputs.remove(process_id)
         self.log.info("process.deleted", process_id=process_id)
 

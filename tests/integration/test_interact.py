@@ -143,6 +143,21 @@ async def test_delete_forgets_an_idle_record_and_its_output(client: Any) -> None
     assert (await client.delete(f"/processes/{running['id']}")).status == 404
 
 
+
+async def test_reads_racing_a_delete_never_bring_the_record_back(client: Any) -> None:
+    """Settled records are read from memory; a read that was at SQLite while the row
+    was deleted must not put it back there."""
+    for _ in range(10):
+        record = await start(client, argv=["true"])
+        await wait_idle(client, record["id"])
+        url = f"/processes/{record['id']}"
+        responses = await asyncio.gather(client.delete(url), *[client.get(url) for _ in range(4)],
+                                         client.get(url + "/wait?timeout=1"))
+        assert responses[0].status == 204
+        assert {r.status for r in responses[1:]} <= {200, 404}
+        assert (await client.get(url)).status == 404
+        assert (await client.get(url + "/wait?timeout=1")).status == 404
+
 async def _read_events(response: Any, count: int) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     current: dict[str, Any] = {}
