@@ -241,12 +241,21 @@ class OutputStore:
 
     def read(self, process_id: int, stream: str, offset: int = 0, limit: int | None = None,
              dropped: int = 0) -> tuple[int, bytes]:
-        """(start, data): bytes from ``max(offset, dropped)``, at most ``limit`` of them."""
+        """(start, data): bytes from ``max(offset, dropped)``, at most ``limit`` of them.
+
+        Offsets and limits come from clients and may be anything up to 2**63 - 1:
+        an offset past the end reads nothing (lseek would refuse one past the
+        filesystem's largest file), and a limit is cut to what the file holds
+        (a read allocates its whole limit first).
+        """
         start = max(offset, dropped)
         try:
             with open(self.path(process_id, stream), "rb") as handle:
+                available = os.fstat(handle.fileno()).st_size - start
+                if available <= 0:
+                    return start, b""
                 handle.seek(start)
-                return start, handle.read() if limit is None else handle.read(limit)
+                return start, handle.read(available if limit is None else min(limit, available))
         except FileNotFoundError:
             return start, b""
 

@@ -37,6 +37,23 @@ async def test_output_read_back_exactly_and_by_range(client: Any) -> None:
     assert response.headers["X-Output-Next"] == "18"
 
 
+async def test_output_ranges_far_past_the_end_read_nothing(client: Any) -> None:
+    """Found by the fuzzer: a huge limit was allocated whole (500, MemoryError) and an
+    offset past the filesystem's largest file made lseek fail (500, EINVAL)."""
+    record = await start(client, argv=BOTH_STREAMS)
+    await wait_idle(client, record["id"])
+    size = len("".join(f"out {i}\n" for i in range(50)))
+    url = f"/processes/{record['id']}/output"
+    response = await client.get(url, params={"offset": "10", "limit": str(2**63 - 1)})
+    assert response.status == 200 and len(await response.read()) == size - 10
+    for offset in (str(size), "2203301864", str(2**63 - 1)):
+        response = await client.get(url, params={"offset": offset, "limit": "54031112679919"})
+        assert response.status == 200 and await response.read() == b""
+        assert response.headers["X-Output-Offset"] == response.headers["X-Output-Next"] == offset
+    response = await client.get(url, params={"offset": str(2**63 - 1), "follow": "1"})
+    assert response.status == 200 and await asyncio.wait_for(response.read(), 15) == b""
+
+
 async def test_follow_streams_until_the_process_exits(client: Any) -> None:
     record = await start(client, command="for i in 1 2 3 4 5; do echo line $i; sleep 0.1; done")
     response = await client.get(f"/processes/{record['id']}/output", params={"follow": "1"})
