@@ -66,4 +66,3 @@ def configure(log_format: str = "auto", level: str = "info") -> None:
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-

@@ -26,7 +26,7 @@ _BASE_BYTES = 1024   # the dataclass, its timestamps and small fields, roughly
 
 
 def approximate_size(record: Process) -> int:
-    """Bytes a record holds beyond its fixed fields: what a client sent."""
+    """Roughly the bytes a record holds: a fixed part, and what a client sent."""
     return (_BASE_BYTES + sum(map(len, record.argv)) + len(record.command or "")
             + sum(len(key) + len(value) for key, value in record.env.items())
             + len(record.cwd or "") + len(record.ref or "") + len(record.error or ""))

@@ -164,4 +164,4 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         log.debug("http.request", method=request.method, path=request.path,
-                 status=response.status, ms=round(time * 1000, 2))
+                  status=response.status, ms=round(time * 1000, 2))
