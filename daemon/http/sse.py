@@ -50,7 +50,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             if only_ref is not None and event.ref != only_ref:
                 continue
             data = dumps({"id": event.process_id, "state": event.record["state"],
-                               "exitState": event.record["exitState"], "record": event.record})
+                          "exitState": event.record["exitState"], "record": event.record})
             await response.write(f"id: {event.seq}\nevent: state\ndata: {data}\n\n".encode())
     finally:
         hub.unsubscribe(queue)
