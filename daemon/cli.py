@@ -14,13 +14,15 @@ answered; ``wait`` and ``run --wait`` exit with the child's own exit code
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from . import config as config_module
-from . import logs, systemd
-from .registry import RegistryError
+if TYPE_CHECKING:
+    import asyncio
+
+# Nothing heavy at module level: `stablehand keeper` must run on the standard library
+# alone (no structlog, aiohttp, aiosqlite, psutil), so `serve` imports its own needs.
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +31,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--listen", metavar="HOST:PORT", help="TCP address (default 127.0.0.1:9371; 'none' turns TCP off)")
     serve.add_argument("--socket", metavar="PATH", help="Unix socket path ('none' turns it off)")
     serve.add_argument("--state-dir", metavar="DIR", help="where the SQLite registry and output live")
-    serve.add_argument("--token-file", metavar="FILE", help="file holding the API bearer token")
+    serve.add_argument("--token-file", metavar="FILE",
+                       help="file holding the API bearer token (default: <state dir>/token, made on "
+                            "first start; 'none': no token, loopback only)")
     serve.add_argument("--max-concurrent", metavar="N", help="running children at once (0 = no limit)")
     serve.add_argument("--grace", metavar="SECONDS", help="default time between SIGTERM and SIGKILL (10)")
     serve.add_argument("--shutdown", metavar="MODE", help="on SIGTERM: 'stop' children (default) or 'detach'")
@@ -42,12 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stablehand", description="Stablehand process supervisor")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
+    sub.add_parser("keeper", help="hold the children of one state dir (the daemon starts it; "
+                   "see `stablehand keeper --help`)")
     from .cli_client import add_client_commands
     add_client_commands(sub)
     return parser
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from . import config as config_module
+    from . import logs, systemd
+    from .registry import RegistryError
     from .service import StartupError, serve
     flags = {key: getattr(args, key) for key in config_module.SETTINGS if hasattr(args, key)}
     sd = systemd.take_environment()
@@ -60,6 +71,9 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         with asyncio.Runner(loop_factory=_loop_factory(config.event_loop)) as runner:
             return runner.run(serve(config, sd))
+    except config_module.ConfigError as exc:  # found at start-up: the default token file
+        print(f"stablehand: {exc}", file=sys.stderr)
+        return config_module.EX_CONFIG
     except (StartupError, RegistryError) as exc:
         print(f"stablehand: {exc}", file=sys.stderr)
         return 1
@@ -78,6 +92,10 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["keeper"]:   # before anything else is imported: see daemon/keeper
+        from .keeper.main import main as keeper_main
+        return keeper_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return run_serve(args)

@@ -1,0 +1,435 @@
+"""The daemon's side of the keeper protocol: an asyncio client (no aiohttp, no threads).
+
+Usage from the supervisor::
+
+    keeper = await connect_or_start(state_dir, start_cmd=[sys.executable, "-m", "daemon",
+                                    "keeper", "--state-dir", state_dir],
+                                    on_exit=supervisor.on_keeper_exit,
+                                    on_lost=supervisor.on_keeper_lost)
+    listing = await keeper.list()        # every live child and every unacknowledged exit
+    spawned = await keeper.spawn(7, argv, env, cwd, stdin="pipe", max_output_bytes=cap)
+    ...                                  # on_exit(ExitEvent) -> commit it -> await keeper.ack([7])
+
+Delivery. ``on_exit`` is called in the loop, synchronously, as each exit event
+is read (after the keeper fsynced it to its journal). Without ``on_exit`` the
+events queue up for ``async for event in client.exits()``. An exit can be seen
+more than once (as an event and in a ``list`` reply sent just after it, or again
+after a keeper restart that lost an ack): handle exits idempotently by id, and
+``ack`` only once the exit is committed. The keeper keeps an exit until it is
+acknowledged, across daemon restarts and its own.
+
+Failure. Every request raises a :class:`KeeperError` subclass chosen by the
+keeper's errno (the map is :data:`ERRORS`). When the connection drops — keeper
+killed, or replaced by a newer connection — every pending request and every
+later one raises :class:`KeeperGone` at once, ``on_lost`` is called once, and
+``exits()`` ends with it. The client never reconnects by itself: that is the
+supervisor's policy (call :func:`connect_or_start` again).
+
+A request cancelled while awaiting its reply has still been sent: a cancelled
+``spawn`` may have started the child (``list`` will show it). Run spawns in
+tasks that are not cancelled by an HTTP client going away.
+
+Starting a keeper. :func:`connect_or_start` starts ``start_cmd`` when no keeper
+answers: in a session of its own, stdin and stdout on /dev/null, stderr
+appended to ``<state_dir>/keeper/keeper.log``, without ``NOTIFY_SOCKET``,
+``LISTEN_*`` or ``WATCHDOG_*``. It is a child of the daemon; the client reaps it
+(``waitpid`` on its pid, through a pidfd watched by the loop) when it exits,
+and ``client.started`` says how it ended. Two daemons racing to start a keeper
+are settled by the keeper's lock: the loser exits and both connect to the winner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import errno
+import itertools
+import json
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from . import protocol
+from .records import (
+    ERRORS,
+    ChildInfo,
+    ExitEvent,
+    KeeperError,
+    KeeperGone,
+    KeeperRefused,
+    KeeperUnavailable,
+    Listing,
+    NoSuchChild,
+    Spawned,
+    SpawnFailed,
+    StdinClosed,
+    StdinFull,
+    fields_of,
+)
+
+__all__ = ["ChildInfo", "ExitEvent", "KeeperClient", "KeeperError", "KeeperGone", "KeeperRefused",
+           "KeeperUnavailable", "Listing", "NoSuchChild", "SpawnFailed", "Spawned", "StartedKeeper",
+           "StdinClosed", "StdinFull", "connect_or_start"]
+
+MAX_REPLY = 256 * 1024 * 1024
+_PRIVATE_ENV = ("NOTIFY_SOCKET",)
+_PRIVATE_PREFIXES = ("LISTEN_", "WATCHDOG_")
+
+
+class StartedKeeper:
+    """The keeper process :func:`connect_or_start` started; reaped by the loop when it exits."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.pid = proc.pid
+        self.returncode: int | None = None
+        self._proc = proc
+        self._loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._pidfd = os.pidfd_open(proc.pid)
+        self._loop.add_reader(self._pidfd, self._poll)
+
+    def _poll(self) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:   # another reaper took it: the status is lost
+            pid, status = self.pid, -1
+        if pid == 0:
+            return
+        self.returncode = os.waitstatus_to_exitcode(status) if status >= 0 else -1
+        self._proc.returncode = self.returncode   # Popen must never reap it again
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        if not self._exited.done():
+            self._exited.set_result(self.returncode)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.client: KeeperClient | None = None
+        self.buffer = bytearray()
+        self.lost: asyncio.Future[None] | None = None
+        self.paused: asyncio.Future[None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        start = 0
+        while (end := self.buffer.find(b"\n", start)) >= 0:
+            line = bytes(self.buffer[start:end])
+            start = end + 1
+            if self.client is not None:
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    self.client._gone("the keeper sent a line that is not JSON")
+                    return
+                self.client._received(message)
+        del self.buffer[:start]
+        if len(self.buffer) > MAX_REPLY and self.client is not None:
+            self.client._gone("the keeper sent a line too long to read")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.client is not None:
+            self.client._gone(f"connection to the keeper lost ({exc or 'closed'})")
+        if self.paused is not None and not self.paused.done():
+            self.paused.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.paused = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.paused is not None and not self.paused.done():
+            self.paused.set_result(None)
+        self.paused = None
+
+
+class KeeperClient:
+    """One connection to the keeper of a state dir, after a successful hello."""
+
+    def __init__(self, transport: asyncio.Transport, proto: _Protocol, state_dir: str,
+                 on_exit: Callable[[ExitEvent], None] | None,
+                 on_lost: Callable[[KeeperGone], None] | None) -> None:
+        self.state_dir = state_dir
+        self.pid = 0                   # the keeper's pid, from its hello
+        self.version = 0
+        self.started: StartedKeeper | None = None
+        self._transport = transport
+        self._proto = proto
+        self._on_exit = on_exit
+        self._on_lost = on_lost
+        self._seq = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._events: asyncio.Queue[ExitEvent | None] = asyncio.Queue()
+        self._gone_error: KeeperGone | None = None
+        self._replaced = False
+        self._closed: asyncio.Future[KeeperGone] = asyncio.get_running_loop().create_future()
+        proto.client = self
+
+    @classmethod
+    async def connect(cls, state_dir: str, *, on_exit: Callable[[ExitEvent], None] | None = None,
+                      on_lost: Callable[[KeeperGone], None] | None = None,
+                      timeout: float = 5.0) -> KeeperClient:
+        """Connect and say hello. KeeperUnavailable if nothing answers; KeeperRefused; KeeperError."""
+        state_dir = os.path.abspath(state_dir)
+        loop = asyncio.get_running_loop()
+        dirfd = os.open(state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) \
+            if protocol.needs_dirfd(state_dir) else None
+        try:
+            transport, proto = await asyncio.wait_for(loop.create_unix_connection(
+                _Protocol, protocol.socket_address(state_dir, dirfd)), timeout)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise KeeperUnavailable(f"no keeper answers for {state_dir}: {exc.strerror}",
+                                    exc.errno) from None
+        except TimeoutError:
+            raise KeeperError(f"the keeper for {state_dir} did not accept within {timeout}s",
+                              errno.ETIMEDOUT) from None
+        except OSError as exc:
+            raise KeeperError(f"cannot reach the keeper for {state_dir}: {exc}", exc.errno) from None
+        finally:
+            if dirfd is not None:
+                os.close(dirfd)
+        client = cls(transport, proto, state_dir, on_exit, on_lost)   # type: ignore[arg-type]
+        try:
+            await asyncio.wait_for(client.hello(), timeout)
+        except TimeoutError:
+            client._transport.abort()
+            raise KeeperError(f"the keeper for {state_dir} did not answer hello within {timeout}s",
+                              errno.ETIMEDOUT) from None
+        except BaseException:
+            client._transport.abort()
+            raise
+        return client
+
+    async def hello(self) -> None:
+        """Done by :meth:`connect`: identify ourselves; learn the keeper's pid and version."""
+        try:
+            reply = await self._request({"op": "hello", "version": protocol.VERSION,
+                                         "state_dir": self.state_dir})
+        except KeeperGone:
+            raise
+        except KeeperError as exc:
+            raise KeeperRefused(str(exc), exc.errno) from None
+        self.pid, self.version = reply["pid"], reply["version"]
+
+    # --- requests --------------------------------------------------------------------
+
+    async def spawn(self, id: int, argv: Sequence[str], env: Mapping[str, str],
+                    cwd: str | None = None, *, stdin: str = "null", stdout: str = "capture",
+                    stderr: str = "capture", max_output_bytes: int | None = None,
+                    tty: Any = None) -> Spawned:
+        """Start a child; output goes to ``<state_dir>/output/<id>.stdout|.stderr``.
+
+        ``env`` is the complete environment. SpawnFailed (with the reason) if it
+        cannot start, KeeperError for a refused request (an id in use, bad fields).
+        """
+        try:
+            reply = await self._request({
+                "op": "spawn", "id": id, "argv": list(argv), "env": dict(env), "cwd": cwd,
+                "stdin": stdin, "stdout": stdout, "stderr": stderr,
+                "max_output_bytes": max_output_bytes, "tty": tty})
+        except (KeeperGone, NoSuchChild):
+            raise
+        except KeeperError as exc:
+            if exc.errno in (errno.EINVAL, errno.EEXIST, errno.EOPNOTSUPP, errno.ESHUTDOWN):
+                raise
+            raise SpawnFailed(str(exc), exc.errno) from None
+        return Spawned(reply["pid"], reply["start_ticks"])
+
+    async def signal(self, id: int, sig: int, *, group: bool = False) -> bool:
+        """Signal a child through its pidfd (and its process group). False if it already exited."""
+        reply = await self._request({"op": "signal", "id": id, "sig": int(sig), "group": group})
+        return bool(reply["delivered"])
+
+    async def stdin_write(self, id: int, data: bytes) -> int:
+        """Hand ``data`` (at most 1 MiB) to the child's stdin; all of it or StdinFull."""
+        reply = await self._request({"op": "stdin_write", "id": id,
+                                     "data": base64.b64encode(data).decode("ascii")})
+        return int(reply["written"])
+
+    async def write_stdin_all(self, id: int, data: bytes, timeout: float = 30.0,
+                              chunk: int = 256 * 1024) -> int:
+        """Write all of ``data``, waiting (with backoff) while the keeper's buffer is full.
+
+        StdinFull once ``timeout`` passes; the bytes written so far are in its message.
+        """
+        deadline = time.monotonic() + timeout
+        written, delay = 0, 0.005
+        while written < len(data):
+            try:
+                written += await self.stdin_write(id, data[written:written + chunk])
+                delay = 0.005
+            except StdinFull:
+                if time.monotonic() + delay > deadline:
+                    raise StdinFull(f"the process is not reading its stdin ({written} of "
+                                    f"{len(data)} bytes written)", errno.EAGAIN) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        return written
+
+    async def stdin_close(self, id: int) -> None:
+        """Close the child's stdin once the bytes already accepted are written."""
+        await self._request({"op": "stdin_close", "id": id})
+
+    async def list(self) -> Listing:
+        reply = await self._request({"op": "list"})
+        return Listing([ChildInfo(**fields_of(ChildInfo, c)) for c in reply["children"]],
+                       [ExitEvent(**fields_of(ExitEvent, e)) for e in reply["exits"]])
+
+    async def ack(self, ids: Iterable[int]) -> int:
+        """Drop committed exits from the keeper's journal; returns how many it still had."""
+        reply = await self._request({"op": "ack", "ids": list(ids)})
+        return int(reply["acked"])
+
+    # --- events and lifetime ------------------------------------------------------------
+
+    async def exits(self) -> AsyncIterator[ExitEvent]:
+        """Exit events as they come (only when no ``on_exit`` was given); ends with KeeperGone."""
+        while True:
+            event = await self._events.get()
+            if event is None:
+                self._events.put_nowait(None)   # for the next reader too
+                assert self._gone_error is not None
+                raise self._gone_error
+            yield event
+
+    @property
+    def closed(self) -> bool:
+        return self._gone_error is not None
+
+    async def wait_closed(self) -> KeeperGone:
+        """Resolves, with the reason, when the connection is gone."""
+        return await asyncio.shield(self._closed)
+
+    async def close(self) -> None:
+        """Close our end (``on_lost`` is not called); the keeper and its children go on."""
+        self._on_lost = None
+        self._gone("the client closed the connection")
+
+    async def _request(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self._gone_error is not None:
+            raise self._gone_error
+        seq = next(self._seq)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[seq] = future
+        self._transport.write(protocol.encode({**message, "seq": seq}))
+        try:
+            if self._proto.paused is not None:
+                await asyncio.shield(self._proto.paused)
+            reply = await future
+        finally:
+            self._pending.pop(seq, None)
+        if not reply.get("ok"):
+            err = reply.get("errno")
+            raise ERRORS.get(err, KeeperError)(str(reply.get("error")), err)   # type: ignore[arg-type]
+        return reply
+
+    def _received(self, message: dict[str, Any]) -> None:
+        event = message.get("event")
+        if event == "exit":
+            exit_event = ExitEvent(**fields_of(ExitEvent, message))
+            if self._on_exit is not None:
+                try:
+                    self._on_exit(exit_event)
+                except Exception as exc:  # noqa: BLE001 - the caller's bug must not kill the reader
+                    asyncio.get_running_loop().call_exception_handler(
+                        {"message": "keeper on_exit callback failed", "exception": exc})
+            else:
+                self._events.put_nowait(exit_event)
+            return
+        if event == "replaced":
+            self._replaced = True
+            return
+        seq = message.get("seq")
+        future = self._pending.get(seq) if isinstance(seq, int) else None
+        if future is None and seq is None and len(self._pending) == 1:
+            future = next(iter(self._pending.values()))   # an error the keeper could not tie to a seq
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    def _gone(self, reason: str) -> None:
+        if self._gone_error is not None:
+            return
+        if self._replaced:
+            reason = "another daemon connection replaced this one"
+        error = self._gone_error = KeeperGone(reason, errno.ECONNRESET)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._events.put_nowait(None)
+        self._closed.set_result(error)
+        self._transport.abort()
+        if self._on_lost is not None:
+            try:
+                self._on_lost(error)
+            except Exception as exc:  # noqa: BLE001 - as for on_exit
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": "keeper on_lost callback failed", "exception": exc})
+
+
+async def connect_or_start(state_dir: str, *, start_cmd: Sequence[str], timeout: float = 10.0,
+                           on_exit: Callable[[ExitEvent], None] | None = None,
+                           on_lost: Callable[[KeeperGone], None] | None = None,
+                           env: Mapping[str, str] | None = None) -> KeeperClient:
+    """Connect to the state dir's keeper, starting ``start_cmd`` first if none answers.
+
+    Retries until ``timeout``; KeeperUnavailable (with the keeper's log tail) if
+    the keeper it started exits or never answers. KeeperRefused as :meth:`KeeperClient.connect`.
+    """
+    state_dir = os.path.abspath(state_dir)
+    try:
+        return await KeeperClient.connect(state_dir, on_exit=on_exit, on_lost=on_lost)
+    except KeeperUnavailable:
+        pass
+    started = _start(state_dir, start_cmd, env)
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+        try:
+            client = await KeeperClient.connect(state_dir, on_exit=on_exit, on_lost=on_lost,
+                                                timeout=max(0.5, deadline - time.monotonic()))
+        except KeeperUnavailable as exc:
+            failed = started.returncode is not None and started.returncode != 0
+            if time.monotonic() > deadline or (failed and "another keeper" not in _log_tail(state_dir)):
+                how = f"exited with status {started.returncode}" if started.returncode is not None \
+                    else f"did not answer within {timeout}s"
+                raise KeeperUnavailable(f"the keeper started for {state_dir} {how}: "
+                                        f"{_log_tail(state_dir) or exc}", exc.errno) from None
+            continue
+        if client.pid == started.pid:
+            client.started = started
+        return client
+
+
+def _start(state_dir: str, start_cmd: Sequence[str], env: Mapping[str, str] | None) -> StartedKeeper:
+    keeper_dir = os.path.join(state_dir, protocol.KEEPER_DIR)
+    os.makedirs(keeper_dir, mode=0o700, exist_ok=True)
+    log_fd = os.open(os.path.join(keeper_dir, protocol.LOG_NAME),
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    if env is None:
+        env = {k: v for k, v in os.environ.items()
+               if k not in _PRIVATE_ENV and not k.startswith(_PRIVATE_PREFIXES)}
+    try:
+        proc = subprocess.Popen(list(start_cmd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=log_fd, env=dict(env), start_new_session=True, close_fds=True)
+    except OSError as exc:
+        raise KeeperUnavailable(f"cannot start the keeper ({start_cmd[0]!r}): {exc.strerror}",
+                                exc.errno) from None
+    finally:
+        os.close(log_fd)
+    return StartedKeeper(proc)
+
+
+def _log_tail(state_dir: str, size: int = 2000) -> str:
+    try:
+        with open(os.path.join(state_dir, protocol.KEEPER_DIR, protocol.LOG_NAME), "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - size))
+            lines = handle.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
