@@ -10,9 +10,9 @@ conflict (HTTP 409), never a silent no-op.
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import operator
 import time
-import datetime as _dt
 from enum import StrEnum
 from typing import Any
 
@@ -168,10 +168,17 @@ class Process:
     def to_json(self) -> dict[str, Any]:
         """The public record: Cyrnel's fields first, then Stablehand's additions.
 
+        The shape follows Cyrnel's schema (seed 004) as a strict generated client
+        reads it: ``ref`` is an optional non-empty string, so it is left out when
+        absent, never ``null``; ``exitState``, ``error`` and ``completedAt`` are
+        required and nullable, so they are always present, ``null`` until known.
+        ``stdin`` is ``"pipe"`` or ``null`` (the registry stores the text "null";
+        only the wire says it as JSON's null). tests/conformance checks all of it.
+
         ``env`` is deliberately left out: it often carries secrets, and the
         caller already knows what it sent.
         """
-        return {
+        record: dict[str, Any] = {
             "id": self.id,
             "ref": self.ref,
             "state": self.state.value,
@@ -188,9 +195,12 @@ class Process:
             "startedAt": self.started_at,
             "timeout": self.timeout,
             "grace": self.grace,
-            "stdin": self.stdin,
+            "stdin": "pipe" if self.stdin == "pipe" else None,
             "outputTruncated": bool(self.stdout_dropped or self.stderr_dropped),
         }
+        if self.ref is None:
+            del record["ref"]
+        return record
 
 
 _FIELD_NAMES = tuple(field.name for field in dataclasses.fields(Process))

@@ -5,15 +5,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tests.helpers import alive, start_ignoring_term
 from tests.compat.conftest import start, wait_idle
+from tests.helpers import alive, start_ignoring_term
 
-CYRNEL_FIELDS = {"id", "ref", "state", "exitState", "error", "createdAt", "completedAt"}
+# Cyrnel's required fields; `ref` is optional and never null (left out when not given).
+CYRNEL_FIELDS = {"id", "state", "exitState", "error", "createdAt", "completedAt"}
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
 def _assert_process(body: dict[str, Any]) -> None:
     assert CYRNEL_FIELDS <= set(body)
+    assert "ref" not in body or (isinstance(body["ref"], str) and body["ref"])
     assert isinstance(body["id"], int) and body["id"] > 0
     assert body["state"] in ("queued", "running", "idle", "terminating")
     assert body["exitState"] in (None, "failed", "success", "timeout", "canceled")
