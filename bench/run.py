@@ -81,7 +81,8 @@ class Daemon:
         with open(self.state_dir.parent / f"{self.state_dir.name}.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "daemon", "serve", "--state-dir", str(self.state_dir),
-                 "--listen", f"127.0.0.1:{self.port}", "--socket", "none", "--grace", "5"],
+                 "--listen", f"127.0.0.1:{self.port}", "--socket", "none", "--grace", "5",
+                 "--token-file", "none"],  # loopback only; the figures leave the token out
                 stdout=log, stderr=log)
         return _wait_http(self.url + "/healthz", self.proc)
 

@@ -1,13 +1,21 @@
-"""The CLI's client commands: run, ps, show, kill, stop, signal, logs, wait, events, rm."""
+"""The CLI's client commands: run, ps, show, kill, stop, signal, logs, wait, events, rm, token.
+
+Over TCP the commands find the daemon's token by themselves (``--token-file``,
+$STABLEHAND_TOKEN_FILE, $STABLEHAND_TOKEN, else the daemon's ``<state dir>/token``
+for a loopback URL: see :func:`daemon.tokens.find`). ``stablehand token`` prints
+that token, for curl and other clients.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from . import tokens
 from .client import ApiError, Client, ConnectionFailed
 
 EX_UNAVAILABLE = 69
@@ -17,7 +25,9 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--socket", metavar="PATH", help="the daemon's Unix socket")
     common.add_argument("--url", metavar="URL", help="the daemon's TCP URL, e.g. http://127.0.0.1:9371")
-    common.add_argument("--token-file", metavar="FILE", help="bearer token file (for TCP)")
+    common.add_argument("--token-file", metavar="FILE",
+                        help="bearer token file (default for TCP: the daemon's own, found by "
+                             "itself; 'none': send no token)")
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     run = sub.add_parser("run", parents=[common], help="start a process: run [options] -- CMD ARGS...")
@@ -61,10 +71,34 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     events.add_argument("--id", type=int)
     events.add_argument("--ref")
 
+    token = sub.add_parser("token", help="print the daemon's API token (from <state dir>/token)")
+    token.add_argument("--state-dir", metavar="DIR",
+                       help="the daemon's state dir (default: $STABLEHAND_STATE_DIR, else the "
+                            "daemon's default)")
+
 
 def _client(args: argparse.Namespace) -> Client:
-    token = Path(args.token_file).read_text().strip() if args.token_file else None
-    return Client(socket_path=args.socket, url=args.url, token=token)
+    return Client(socket_path=args.socket, url=args.url, token_file=args.token_file)
+
+
+def print_token(args: argparse.Namespace) -> int:
+    path = (Path(args.state_dir).expanduser() / tokens.FILE_NAME if args.state_dir
+            else tokens.default_token_path(os.environ))
+    try:
+        print(tokens.read_plain(path))
+    except FileNotFoundError:
+        print(f"stablehand: no token at {path}: the daemon creates it on its first start "
+              "(`stablehand serve`); a daemon started with --token-file uses that file instead",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"stablehand: cannot read {path}: {exc.strerror} (it is the daemon user's: "
+              "run this as that user)", file=sys.stderr)
+        return 1
+    except tokens.TokenFileError as exc:
+        print(f"stablehand: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def exit_code_of(record: dict[str, Any]) -> int:
@@ -107,8 +141,18 @@ def _show(record: dict[str, Any], as_json: bool) -> None:
 
 
 def run_client(args: argparse.Namespace) -> int:
+    if args.command == "token":
+        return print_token(args)
     try:
-        return _dispatch(args, _client(args))
+        client = _client(args)
+    except OSError as exc:
+        print(f"stablehand: cannot read token file {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except tokens.TokenFileError as exc:
+        print(f"stablehand: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _dispatch(args, client)
     except ConnectionFailed as exc:
         print(f"stablehand: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE

@@ -10,6 +10,12 @@ the daemon) when nothing answers.
     with Client() as sh:                      # the default socket, else 127.0.0.1:9371
         record = sh.start(["sleep", "5"], ref="job-1")
         final = sh.wait(record["id"])
+
+The token: TCP needs one by default. Unless ``token`` is given, a client looks
+for it as :func:`daemon.tokens.find` says: ``token_file`` (``"none"``: no token),
+``$STABLEHAND_TOKEN_FILE``, ``$STABLEHAND_TOKEN``, and, for a loopback URL only,
+the daemon's own ``<state dir>/token`` if this user can read it. Over the Unix
+socket only an explicitly given token is sent (the socket needs none by default).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import tokens
 from .config import DEFAULT_PORT, default_socket, default_state_dir
 
 START_HINT = "start the daemon with `stablehand serve` (or `systemctl start stablehand`)"
@@ -67,16 +74,29 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def _token(socket_path: Path | None, url: str | None, token: str | None,
+           token_file: str | os.PathLike[str] | None) -> str | None:
+    if token is not None:
+        return token
+    return tokens.find(None if socket_path is not None else url, token_file)
+
+
 class Client:
-    """Synchronous client. Give ``socket`` or ``url`` (and ``token``), or neither for the defaults."""
+    """Synchronous client. Give ``socket`` or ``url``, or neither for the defaults; the token
+    is found by itself (see the module's docstring) unless ``token`` or ``token_file`` says.
+
+    An explicit ``token_file`` (or $STABLEHAND_TOKEN_FILE) that cannot be read raises
+    OSError or :class:`daemon.tokens.TokenFileError`.
+    """
 
     def __init__(self, socket_path: str | Path | None = None, url: str | None = None,
-                 token: str | None = None, timeout: float = 60.0) -> None:
+                 token: str | None = None, timeout: float = 60.0,
+                 token_file: str | os.PathLike[str] | None = None) -> None:
         if socket_path is None and url is None:
             socket_path, url = default_target()
         self.socket_path = Path(socket_path) if socket_path else None
         self.url = url.rstrip("/") if url else None
-        self.token = token
+        self.token = _token(self.socket_path, self.url, token, token_file)
         self.timeout = timeout
 
     @property
@@ -226,12 +246,12 @@ class AsyncClient:
     """The same calls for asyncio code (aiohttp). Use ``async with AsyncClient() as sh``."""
 
     def __init__(self, socket_path: str | Path | None = None, url: str | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, token_file: str | os.PathLike[str] | None = None) -> None:
         if socket_path is None and url is None:
             socket_path, url = default_target()
         self.socket_path = Path(socket_path) if socket_path else None
         self.base = url.rstrip("/") if url else "http://localhost"
-        self.token = token
+        self.token = _token(self.socket_path, url.rstrip("/") if url else None, token, token_file)
         self._session: Any = None
 
     async def __aenter__(self) -> "AsyncClient":

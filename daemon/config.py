@@ -13,7 +13,13 @@ Defaults make ``stablehand serve`` work out of the box:
 * socket: ``$RUNTIME_DIRECTORY/stablehand.sock`` under systemd, else
   ``/run/stablehand/stablehand.sock`` as root, else
   ``$XDG_RUNTIME_DIR/stablehand/stablehand.sock``, else ``<state dir>/stablehand.sock``;
-* TCP: 127.0.0.1:9371 (Cyrnel's port).
+* TCP: 127.0.0.1:9371 (Cyrnel's port);
+* token: with no ``token_file``, ``<state dir>/token``, created by the daemon's
+  first start (see :mod:`daemon.tokens`). ``load`` stays free of side effects: it
+  reads an explicit token file, but the default one is created or read by
+  ``service.serve`` once the state dir is checked and locked, and it fills in
+  ``Config.token`` before the app is built. ``token_file = "none"`` turns tokens
+  off, on a loopback listener only; ``Config.token`` is then None.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from .output import SPARES
+from .tokens import FILE_NAME as TOKEN_FILE_NAME
+from .tokens import TokenFileError, read_private
 
 EX_CONFIG = 78
 DEFAULT_PORT = 9371
@@ -67,6 +75,10 @@ class Config:
     socket: Path | None
     max_concurrent: int = 0          # 0 = no limit
     grace: float = 10.0
+    # The token's file: explicit, or <state dir>/token by default; None when tokens are off.
+    # ``token`` is None either when they are off, or (only between config.load and
+    # service.serve) while the default file is still to be created or read: see
+    # ``token_pending``.
     token_file: Path | None = None
     token: str | None = dataclasses.field(default=None, repr=False)
     shutdown: str = "stop"           # stop | detach
@@ -83,6 +95,16 @@ class Config:
     max_output_bytes: int = 64 * 1024 * 1024    # per stream; the oldest bytes are dropped past it
     spare_outputs: int = SPARES      # empty stdout/stderr pairs kept ready for starts (see output.py)
     event_loop: str = "uvloop"       # uvloop | asyncio
+    # Browsers and DNS rebinding (see docs/security.md): Origins that may call the API
+    # (none by default), and Hosts accepted besides loopback names when no token is in force.
+    allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    # Connections: TCP and the Unix socket each have their own budget, so no number of
+    # TCP connections can keep a socket client out.
+    max_connections: int = 1024         # concurrent TCP connections
+    socket_max_connections: int = 256   # concurrent Unix-socket connections
+    header_timeout: float = 10.0        # seconds to send a request line and headers
+    keepalive_timeout: float = 75.0     # seconds an idle keep-alive connection is kept
 
     @property
     def burst(self) -> int:
@@ -99,6 +121,11 @@ class Config:
     @property
     def lock_path(self) -> Path:
         return self.state_dir / "stablehand.lock"
+
+    @property
+    def token_pending(self) -> bool:
+        """A token file is set but not read yet: the default one, which serve makes or reads."""
+        return self.token_file is not None and self.token is None
 
 
 # --- value parsers: raw value (str from flags/env, native from TOML) -> typed ---
@@ -124,6 +151,19 @@ def _optional_path(raw: Any) -> Path | None:
     if len(os.fsencode(str(path.absolute()))) >= 108:
         raise ValueError("a Unix socket path must be shorter than 108 bytes")
     return path
+
+
+NO_TOKEN = "none"
+
+
+def _token_file(raw: Any) -> Path | str:
+    """A token file path, or NO_TOKEN for 'none'/'off' (tokens turned off on purpose)."""
+    text = _text(raw).strip()
+    if text.lower() in ("none", "off"):
+        return NO_TOKEN
+    if not text:
+        raise ValueError("must be a file path, or 'none' for no token (loopback only)")
+    return Path(text).expanduser()
 
 
 def _listen(raw: Any) -> Listen | None:
@@ -233,7 +273,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "socket": _optional_path,
     "max_concurrent": _non_negative_int,
     "grace": _seconds,
-    "token_file": _optional_path,
+    "token_file": _token_file,
     "shutdown": _choice("stop", "detach"),
     "allow_unmanaged": _bool,
     "max_body_bytes": _positive_int,
@@ -248,6 +288,12 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "max_output_bytes": _positive_int,
     "spare_outputs": _non_negative_int,
     "event_loop": _choice("uvloop", "asyncio"),
+    "allowed_origins": _string_list,
+    "allowed_hosts": _string_list,
+    "max_connections": _positive_int,
+    "socket_max_connections": _positive_int,
+    "header_timeout": _seconds,
+    "keepalive_timeout": _seconds,
 }
 
 
@@ -303,24 +349,32 @@ def load(
     state_dir = values.pop("state_dir", None) or default_state_dir(env)
     listen = values.pop("listen") if "listen" in values else Listen("127.0.0.1", DEFAULT_PORT)
     socket = values.pop("socket") if "socket" in values else default_socket(env, state_dir)
-    token = _read_token(values["token_file"]) if values.get("token_file") else None
+    state_dir = state_dir.absolute()
+    token_file = values.pop("token_file", None)
+    token: str | None = None
+    if token_file == NO_TOKEN:
+        token_file = None
+        if listen is not None and not listen.is_loopback:
+            raise ConfigError(
+                "token_file",
+                f"'none' (no token) is allowed only on a loopback listener, and {listen} is not "
+                "one: anyone on the network could run programs here. Drop --token-file none "
+                "(the daemon then makes a token), or listen on 127.0.0.1")
+    elif token_file is None:
+        token_file = state_dir / TOKEN_FILE_NAME   # made or read by service.serve
+    else:
+        token = _read_token(token_file.absolute())
     if values.get("socket_group") is not None:
         try:
             grp.getgrnam(values["socket_group"])
         except KeyError:
             raise ConfigError("socket_group", f"no group named {values['socket_group']!r}") from None
-    if values.get("socket_requires_token") and token is None:
-        raise ConfigError("socket_requires_token", "needs a token: set --token-file")
+    if values.get("socket_requires_token") and token_file is None:
+        raise ConfigError("socket_requires_token", "needs a token, and token_file is 'none'")
     if listen is None and socket is None:
         raise ConfigError("listen", "TCP and the Unix socket are both off: nothing to serve on")
-    if listen is not None and not listen.is_loopback and token is None:
-        raise ConfigError(
-            "listen",
-            f"{listen} is not a loopback address; serving it without a token would let anyone on "
-            "the network run programs here. Set --token-file, or listen on 127.0.0.1",
-        )
-    return Config(state_dir=state_dir.absolute(), listen=listen,
-                  socket=socket.absolute() if socket else None, token=token, **values)
+    return Config(state_dir=state_dir, listen=listen, socket=socket.absolute() if socket else None,
+                  token_file=token_file.absolute() if token_file else None, token=token, **values)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -339,10 +393,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _read_token(path: Path) -> str:
+    """An explicit token file: it must be the daemon user's alone (see daemon.tokens)."""
     try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError("token_file", f"cannot read {path}: {exc.strerror}") from None
-    if not token:
-        raise ConfigError("token_file", f"{path} is empty")
-    return token
+        return read_private(path, follow_symlinks=True)
+    except TokenFileError as exc:
+        raise ConfigError("token_file", str(exc)) from None

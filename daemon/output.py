@@ -8,7 +8,14 @@ Capture is bounded: when a stream holds more than its cap, :meth:`enforce_cap`
 frees the oldest bytes by punching a hole at the head of the file
 (``fallocate(PUNCH_HOLE)``). The disk space is returned, the child's appends go
 on undisturbed, and offsets keep their meaning: byte N is always byte N of
-what the child wrote. Reads never return bytes below the dropped mark.
+what the child wrote. Reads never return bytes below the dropped mark. The mark
+moves on the event loop; the punch itself runs on a thread of its own (on ext4
+with ``discard`` a punch can take seconds).
+
+This module is the only place that reads output files. The HTTP routes read
+through :class:`OutputReader`: chunks of at most READ_CHUNK bytes, each read on
+one of the store's reader threads, so no output, however large, is ever whole
+in memory, and no read blocks the event loop.
 
 Why the files are made ahead of time. Creating a file costs an inode, and on
 ext4 that cost depends on how full the directory's block group is: on one disk
@@ -42,6 +49,7 @@ store opens a directory (``output/.layout`` records that it is done).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import ctypes
 import fcntl
@@ -49,7 +57,10 @@ import itertools
 import os
 import signal
 import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 
@@ -64,6 +75,9 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 _BLOCK = 4096
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _libc = ctypes.CDLL(None, use_errno=True)
+READ_CHUNK = 256 * 1024   # bytes per read: the most one reader holds in memory at a time
+READ_THREADS = 4          # output reads in flight at once (a slow disk never blocks the loop)
+_T = TypeVar("_T")
 log = structlog.get_logger("stablehand.output")
 
 
@@ -85,6 +99,8 @@ class OutputStore:
         self._paused = False                      # ...and should stop at the next pair
         self._refiller: threading.Thread | None = None
         self._closed = False
+        self._read_pool: ThreadPoolExecutor | None = None   # made at the first read
+        self._punch_pool: ThreadPoolExecutor | None = None  # made at the first hole to punch
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         layout = root / _LAYOUT_MARKER
         if not layout.exists():  # scanned once, not at every start (it may hold 400,000 files)
@@ -92,6 +108,7 @@ class OutputStore:
             layout.write_text("flat\n")
         self._spare_dir.mkdir(exist_ok=True, mode=0o700)
         self._adopt_spares()
+        self._can_punch = _can_punch_holes(self._spare_dir)
 
     def path(self, process_id: int, stream: str) -> str:
         if stream not in STREAMS:
@@ -159,10 +176,15 @@ class OutputStore:
         self._paused = True
 
     def close(self) -> None:
-        """Stop a refill and wait for it (it stops after the pair it is making)."""
+        """Stop a refill and wait for it (it stops after the pair it is making), and the
+        reader threads (a read still asked for after this runs on asyncio's default pool)."""
         self._paused = self._closed = True
         if self._refiller is not None:
             self._refiller.join()
+        for pool in (self._read_pool, self._punch_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._read_pool = self._punch_pool = None
 
     def _refill(self) -> None:
         try:
@@ -259,6 +281,16 @@ class OutputStore:
         except FileNotFoundError:
             return start, b""
 
+    def reader(self, process_id: int, stream: str, dropped: Callable[[], int]) -> OutputReader:
+        """A reader of one stream, in bounded chunks off the loop; ``dropped`` gives the
+        stream's dropped mark at the time of each read."""
+        return OutputReader(self, self.path(process_id, stream), dropped)
+
+    async def _in_thread(self, function: Callable[..., _T], *args: Any) -> _T:
+        if self._read_pool is None and not self._closed:
+            self._read_pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="stablehand-output-read")
+        return await asyncio.get_running_loop().run_in_executor(self._read_pool, function, *args)
+
     def size(self, process_id: int, stream: str) -> int:
         try:
             return os.stat(self.path(process_id, stream)).st_size
@@ -266,32 +298,141 @@ class OutputStore:
             return 0
 
     def enforce_cap(self, process_id: int, stream: str, cap: int, dropped: int) -> int:
-        """Free the oldest bytes of a stream past ``cap``; returns the new dropped mark.
+        """Drop the oldest bytes of a stream past ``cap``; returns the new dropped mark.
 
         Keeps at least ``cap // 2`` of the newest bytes (block aligned), so a
-        stream is not trimmed again on every check.
+        stream is not trimmed again on every check. The mark moves at once (reads
+        never return bytes below it); the disk space is freed by a hole punched on
+        the store's punch thread, because on ext4 with ``discard`` one punch can
+        take seconds and this is called on the event loop. A filesystem that
+        cannot punch holes (found once, when the store opens) keeps everything.
         """
+        if not self._can_punch:
+            return dropped
         size = self.size(process_id, stream)
         if size - dropped <= cap:
             return dropped
         mark = max(dropped, (size - cap // 2) // _BLOCK * _BLOCK)
         if mark <= dropped:
             return dropped
-        try:
-            fd = os.open(self.path(process_id, stream), os.O_WRONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return dropped
-        try:
-            if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
-                               ctypes.c_long(0), ctypes.c_long(mark)) != 0:
-                return dropped  # the filesystem cannot punch holes: keep everything
-        finally:
-            os.close(fd)
+        path = self.path(process_id, stream)
+        if self._closed:  # shutting down: no thread to hand it to
+            _punch(path, mark)
+        else:
+            if self._punch_pool is None:
+                self._punch_pool = ThreadPoolExecutor(1, thread_name_prefix="stablehand-output-punch")
+            self._punch_pool.submit(_punch, path, mark)
         return mark
 
     def remove(self, process_id: int) -> None:
         for stream in STREAMS:
             _remove(self.path(process_id, stream))
+
+
+class OutputOverrun(Exception):
+    """Bytes a reader was streaming were dropped (the output cap) before it could read them."""
+
+
+class OutputReader:
+    """One stream of one process, read in chunks of at most READ_CHUNK bytes on the
+    store's reader threads.
+
+    This is how every HTTP route reads output: a 60 MB stream is never in memory
+    at once (each reader holds one chunk), and no read, however slow the disk,
+    runs on the event loop. Each read opens the file afresh (a few microseconds
+    next to the read itself), so a file that does not exist yet simply reads as
+    empty, and a reader holds no descriptor between reads.
+    """
+
+    def __init__(self, store: OutputStore, path: str, dropped: Callable[[], int]) -> None:
+        self._store = store
+        self._path = path
+        self.dropped = dropped
+
+    async def size(self) -> int:
+        """The file's size now (bytes written so far, dropped ones included)."""
+        return await self._store._in_thread(_file_size, self._path)
+
+    async def read(self, offset: int, limit: int = READ_CHUNK) -> tuple[int, bytes]:
+        """(start, data): at most ``min(limit, READ_CHUNK)`` bytes from ``max(offset, dropped)``."""
+        start = max(offset, self.dropped())
+        return start, await self._store._in_thread(_pread, self._path, start, min(limit, READ_CHUNK))
+
+    async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Exactly the bytes ``[start, end)`` (from a :meth:`size` snapshot), chunk by chunk.
+
+        Raises :class:`OutputOverrun` if some of them were dropped before they
+        were read: the caller has promised those bytes (Content-Length,
+        X-Output-Next) and must not send zeros from a punched hole instead.
+        """
+        position = start
+        while position < end:
+            want = min(READ_CHUNK, end - position)
+            got, data = await self.read(position, want)
+            # The mark is looked at again after the read: bytes are punched only after
+            # the mark has moved past them, so a mark still <= position means the
+            # bytes read were the real ones.
+            if got != position or len(data) != want or self.dropped() > position:
+                raise OutputOverrun(f"bytes from {position} were dropped while being read")
+            position += want
+            yield data
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _pread(path: str, offset: int, limit: int) -> bytes:
+    """At most ``limit`` bytes at ``offset``; nothing past the end (clients choose the offset,
+    up to 2**63 - 1, which pread would refuse past the filesystem's largest file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b""
+    try:
+        available = os.fstat(fd).st_size - offset
+        if available <= 0 or limit <= 0:
+            return b""
+        return os.pread(fd, min(limit, available), offset)
+    finally:
+        os.close(fd)
+
+
+def _can_punch_holes(directory: Path) -> bool:
+    """Whether the filesystem holding ``directory`` can punch holes (tmpfs, ext4, xfs,
+    btrfs can; FAT and old NFS cannot), tried on a small unlinked file."""
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return True  # cannot tell (no O_TMPFILE here): try, and log what fails
+    try:
+        os.write(fd, bytes(2 * _BLOCK))
+        return _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
+                               ctypes.c_long(0), ctypes.c_long(_BLOCK)) == 0
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _punch(path: str, mark: int) -> None:
+    """Free the disk blocks of ``path`` below ``mark`` (runs on the punch thread)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # the record was deleted meanwhile
+    except OSError as exc:
+        log.warning("output.punch_failed", path=path, error=exc.strerror)
+        return
+    try:
+        if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
+                           ctypes.c_long(0), ctypes.c_long(mark)) != 0:
+            log.warning("output.punch_failed", path=path, error=os.strerror(ctypes.get_errno()))
+    finally:
+        os.close(fd)
 
 
 def _take_if_empty_and_unused(path: str, target: str) -> bool:

@@ -20,6 +20,29 @@ Pragmas are per connection and set on every connect: WAL, synchronous=FULL
 Migrations in migrations/NNNN_name.sql are applied in order at open, each in
 one transaction together with the row that records it; a database that has
 migrations this code does not know refuses to open.
+
+Failures are isolated per statement (issue 15). A batch holds the writes of many
+requests, so one write must never cost the others theirs:
+
+* A **statement-level** failure fails only the write it belongs to, and the rest
+  of the batch commits. That is any error raised while one statement is bound or
+  run that leaves the transaction open: a value the driver cannot bind (a lone
+  surrogate: UnicodeEncodeError; an int beyond 64 bits: OverflowError;
+  sqlite3.InterfaceError), a constraint (IntegrityError), a value too big
+  (DataError), a bad statement. No SAVEPOINT is needed: SQLite makes every
+  statement atomic (a failing one is undone alone, its transaction stays open),
+  and a bind error fails before anything runs. The caller gets
+  :class:`WriteRejected`, a 400 (the value came with its request), or
+  :class:`DuplicateKey` for a reused Idempotency-Key.
+* A **storage** failure fails the batch: SQLITE_FULL (disk or quota full),
+  SQLITE_IOERR, SQLITE_READONLY, SQLITE_BUSY/LOCKED (locked beyond
+  busy_timeout), SQLITE_CANTOPEN, SQLITE_CORRUPT/NOTADB, SQLITE_NOMEM, or any
+  error after which SQLite has already rolled the transaction back, or a failing
+  BEGIN or COMMIT. Nothing of the batch is durable, so every caller gets
+  :class:`StorageError`, an ``Unavailable`` (HTTP 503) whose message says the
+  storage is failing. What to do about it (roll back, keep in memory, retry) is
+  the supervisor's decision: see its module docstring.
+* A failing read is a :class:`StorageError` too.
 """
 
 from __future__ import annotations
@@ -37,6 +60,7 @@ from typing import Any
 
 import aiosqlite
 
+from .errors import BadRequest, Unavailable
 from .model import ExitState, Process, State, StopReason, now_iso
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -58,8 +82,56 @@ class RegistryError(Exception):
     """The registry cannot be opened or used (schema too new, corrupt file...)."""
 
 
+class StorageError(RegistryError, Unavailable):
+    """The database could not commit (or read): disk full, read-only, I/O error, locked.
+
+    An ``Unavailable``: the HTTP layer renders it as 503 with its message.
+    """
+
+
+class WriteRejected(RegistryError, BadRequest):
+    """One statement refused its values (a lone surrogate, a 65-bit int...); the
+    other writes of its batch were committed. A 400: the values came with a request."""
+
+    def __init__(self, cause: BaseException) -> None:
+        detail = _printable(f"{cause}" or type(cause).__name__)
+        super().__init__(f"a value of this request cannot be stored: {detail}")
+        self.cause = cause
+
+
 class DuplicateKey(Exception):
     """An insert collided with an existing Idempotency-Key."""
+
+
+# SQLite's primary result codes that mean the storage itself is failing: they fail the
+# whole batch (see the module docstring). Extended codes are folded to these (& 0xff).
+_STORAGE_CODES = frozenset({
+    3,    # SQLITE_PERM
+    5,    # SQLITE_BUSY (locked beyond busy_timeout)
+    6,    # SQLITE_LOCKED
+    7,    # SQLITE_NOMEM
+    8,    # SQLITE_READONLY
+    10,   # SQLITE_IOERR
+    11,   # SQLITE_CORRUPT
+    13,   # SQLITE_FULL
+    14,   # SQLITE_CANTOPEN
+    15,   # SQLITE_PROTOCOL
+    22,   # SQLITE_NOLFS
+    26,   # SQLITE_NOTADB
+})
+
+
+def _printable(text: str) -> str:
+    """``text`` with whatever UTF-8 cannot encode (lone surrogates) escaped: safe to send."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised by sqlite3) says the storage is failing, not one statement."""
+    if isinstance(exc, MemoryError):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _STORAGE_CODES
 
 
 def migrations_dir() -> Path:
@@ -115,15 +187,16 @@ def _settle(batch: list[_Write], results: list[tuple[Any, BaseException | None]]
             error: BaseException | None) -> None:
     """On the loop: a batch is done; resolve each caller's future."""
     if results is None:  # the whole batch failed: nobody's write is durable
+        message = f"storage is failing: the registry could not commit ({_printable(str(error))})"
         for _, _, _, future in batch:
             if not future.done():
-                future.set_exception(RegistryError(f"commit failed: {error}"))
+                future.set_exception(StorageError(message))
         return
     for (_, _, _, future), (value, failure) in zip(batch, results):
         if future.done():
             continue
         if failure is not None:
-            future.set_exception(failure)
+            future.set_exception(WriteRejected(failure))
         else:
             future.set_result(value)
 
@@ -190,7 +263,7 @@ class _WriterThread:
         error: BaseException | None = None
         try:
             results = _apply_batch(self._conn, [(sql, params, insert) for sql, params, insert, _ in batch])
-        except BaseException as exc:  # reported to every caller of the batch
+        except BaseException as exc:  # noqa: BLE001 - reported to every caller of the batch
             error = exc
         try:
             self._loop.call_soon_threadsafe(_settle, batch, results, error)
@@ -215,7 +288,7 @@ class Registry:
         self._closed = False
 
     @classmethod
-    async def open(cls, path: Path, migrations: Path | None = None) -> "Registry":
+    async def open(cls, path: Path, migrations: Path | None = None) -> Registry:
         path.parent.mkdir(parents=True, exist_ok=True)
         reader = await _connect(path)
         try:
@@ -236,10 +309,14 @@ class Registry:
 
     # --- writes (group-committed) ---
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _enqueue(self, sql: str, params: tuple[Any, ...], *, insert: bool = False) -> asyncio.Future[Any]:
         """Queue a write now (order is call order); the future resolves once it is committed."""
         if self._closed:
-            raise RegistryError("registry is closed")
+            raise StorageError("storage is unavailable: the registry is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._writer.put((sql, params, insert, future))
         return future
@@ -266,9 +343,15 @@ class Registry:
 
     # --- reads ---
 
+    async def _read(self, sql: str, params: Iterable[Any] = ()) -> Iterable[Any]:
+        try:
+            return await self._reader.execute_fetchall(sql, tuple(params))
+        except sqlite3.Error as exc:
+            raise StorageError(f"storage is failing: the registry could not be read "
+                               f"({_printable(str(exc))})") from exc
+
     async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[Process]:
-        rows = await self._reader.execute_fetchall(sql, tuple(params))
-        return [_row_to_process(row) for row in rows]
+        return [_row_to_process(row) for row in await self._read(sql, params)]
 
     async def get(self, process_id: int) -> Process | None:
         rows = await self._fetch(f"{_SELECT} WHERE id = ?", (process_id,))
@@ -309,12 +392,12 @@ class Registry:
         return await self._fetch(f"{_SELECT}{where} ORDER BY id DESC LIMIT ?", [*params, limit])
 
     async def get_meta(self, key: str) -> str | None:
-        rows = await self._reader.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,))
+        rows = list(await self._read("SELECT value FROM meta WHERE key = ?", (key,)))
         return rows[0][0] if rows else None
 
     async def count(self) -> int:
-        rows = await self._reader.execute_fetchall("SELECT COUNT(*) FROM processes")
-        return rows[0][0]
+        rows = list(await self._read("SELECT COUNT(*) FROM processes"))
+        return int(rows[0][0])
 
 
 @functools.lru_cache(maxsize=64)
@@ -330,8 +413,10 @@ def _apply_batch(conn: sqlite3.Connection,
                  statements: list[tuple[str, tuple[Any, ...], bool]]) -> list[tuple[Any, BaseException | None]]:
     """Run on the connection's thread: one transaction for a batch of writes.
 
-    A constraint violation fails only its own statement (SQLite rolls back just
-    that statement); anything else rolls the whole batch back and is raised.
+    A statement-level failure fails only its own statement (SQLite undoes just
+    that statement; a bind error runs nothing) and is returned in its slot; a
+    storage failure, or any error after which the transaction is gone, rolls
+    the whole batch back and is raised (module docstring).
     """
     results: list[tuple[Any, BaseException | None]] = []
     conn.execute("BEGIN IMMEDIATE")
@@ -339,13 +424,19 @@ def _apply_batch(conn: sqlite3.Connection,
         for sql, params, insert in statements:
             try:
                 cursor = conn.execute(sql, params)
-                results.append((cursor.lastrowid if insert else None, None))
-            except sqlite3.IntegrityError as exc:
+            except Exception as exc:
+                if is_storage_failure(exc) or not conn.in_transaction:
+                    raise
                 results.append((None, exc))
+                continue
+            results.append((cursor.lastrowid if insert else None, None))
         conn.execute("COMMIT")
     except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite rolled back already (or cannot): nothing of the batch is durable
         raise
     return results
 
@@ -353,8 +444,8 @@ def _apply_batch(conn: sqlite3.Connection,
 async def _translate_duplicate(future: Awaitable[int], key: str | None) -> int:
     try:
         return await future
-    except sqlite3.IntegrityError as exc:
-        if "idempotency_key" in str(exc):
+    except WriteRejected as exc:
+        if isinstance(exc.cause, sqlite3.IntegrityError) and "idempotency_key" in str(exc.cause):
             raise DuplicateKey(key) from None
         raise
 

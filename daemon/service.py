@@ -1,33 +1,42 @@
 """``stablehand serve``: bring the daemon up in a safe order and take it down cleanly.
 
 Start-up order (READY=1 only at the end):
-  1. lock the state dir and the socket path (a second daemon refuses to start,
-     before it binds or opens anything the first one uses);
-  2. raise RLIMIT_NOFILE; open the registry (migrations);
+  1. check the state dir (0700, ours; see :mod:`daemon.statedir`), lock it and the
+     socket path (a second daemon refuses to start, before it binds or opens
+     anything the first one uses), then create or read the default token;
+  2. raise RLIMIT_NOFILE; open the registry (created 0600 first; migrations);
   3. start the supervisor (reconcile the registry with the machine, start queued);
   4. listen: sockets passed by systemd, else TCP and the Unix socket;
   5. sd_notify READY=1 and start the watchdog pings.
 
 SIGTERM/SIGINT: STOPPING=1, stop or detach children (``shutdown`` setting),
 close listeners, close the registry, exit 0.
+
+The socket path: a regular file (or anything but a socket) there stops start-up
+with a message naming it; a stale socket is replaced (we hold its lock, so no
+live daemon serves it). Once bound, the socket's device and inode are recorded,
+and on the daemon's own exit the path is removed only if it is still that very
+socket. A start that fails removes nothing it did not create.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
+import dataclasses
 import grp
+import ipaddress
 import os
 import signal
+import socket
+import stat
 from pathlib import Path
-from typing import IO
 
 import structlog
 from aiohttp import web
 
-from . import oskit, systemd
-from .config import Config
+from . import oskit, statedir, systemd, tokens
+from .config import Config, ConfigError
+from .http import connections
 from .http.app import make_app
 from .http.middlewares import AccessLogger
 from .output import OutputStore
@@ -41,22 +50,86 @@ class StartupError(Exception):
     """The daemon cannot start; the message says why and what to do."""
 
 
-def _lock(path: Path, what: str) -> IO[str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+")
+def _lock(path: Path, what: str) -> int:
+    """Lock ``path`` (see :func:`statedir.lock`); the returned fd holds the lock."""
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise StartupError(f"another Stablehand (pid {holder}) is already using {what}; "
+        return statedir.lock(path)
+    except statedir.LockHeld as exc:
+        raise StartupError(f"another Stablehand (pid {exc.holder}) is already using {what}; "
                            "stop it first or choose another") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
+    except statedir.StateDirError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def _load_token(config: Config) -> Config:
+    """Fill in the default token: create ``<state dir>/token`` on the first start, read it
+    on later ones (0600 and ours, else exit 78 like an explicit --token-file)."""
+    if not config.token_pending:
+        return config
+    assert config.token_file is not None
+    try:
+        token, created = tokens.ensure(config.token_file)
+    except tokens.TokenFileError as exc:
+        raise ConfigError("token_file", str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"cannot create token file {config.token_file}: {exc.strerror}") from None
+    if created:  # the path only: the value is a secret
+        log.info("token.created", path=str(config.token_file),
+                 hint="`stablehand token` prints it; clients on this machine find it by themselves")
+    return dataclasses.replace(config, token=token)
+
+
+def _check_passed_sockets(config: Config, sd: systemd.SystemdEnv) -> None:
+    """With tokens off, a TCP socket passed by systemd must be loopback too, as --listen must."""
+    if config.token is not None:
+        return
+    for fd, name in sd.listen_fds:
+        sock = socket.socket(fileno=fd)
+        try:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            host = sock.getsockname()[0]
+        finally:
+            sock.detach()
+        if not ipaddress.ip_address(host.split("%")[0]).is_loopback:
+            raise ConfigError("token_file", f"'none' (no token) is allowed only on loopback, and "
+                                            f"systemd passed {name} bound to {host}")
+
+
+class _SocketPath:
+    """The Unix socket path: refuse what is not a socket, and remove only what we bound."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._bound: tuple[int, int] | None = None
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StartupError(f"cannot use socket path {path}: {exc.strerror}") from None
+        if not stat.S_ISSOCK(info.st_mode):
+            raise StartupError(f"{path} exists and is not a socket; it was left untouched. "
+                               "Move it away or choose another --socket")
+
+    def bound(self) -> None:
+        """Record the socket just bound at the path (its device and inode)."""
+        info = self.path.lstat()
+        self._bound = (info.st_dev, info.st_ino)
+
+    def remove(self) -> None:
+        """On our own exit: unlink the path only if it is still the socket we bound."""
+        if self._bound is None:
+            return
+        try:
+            info = self.path.lstat()
+        except OSError:
+            return
+        if stat.S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == self._bound:
+            self.path.unlink(missing_ok=True)
+        else:
+            log.warning("socket.replaced", path=str(self.path),
+                        detail="the socket path no longer holds our socket; left as it is")
 
 
 def _prepare_socket_dir(path: Path) -> None:
@@ -77,7 +150,11 @@ def _prepare_socket_dir(path: Path) -> None:
 
 async def open_core(config: Config) -> tuple[Registry, Supervisor]:
     """Open the registry and start the supervisor (also used by in-process tests)."""
-    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        statedir.prepare_dir(config.state_dir)
+        statedir.prepare_registry(config.database_path)
+    except statedir.StateDirError as exc:
+        raise StartupError(str(exc)) from None
     registry = await Registry.open(config.database_path)
     supervisor = Supervisor(config, registry, OutputStore(config.output_dir, config.spare_outputs))
     try:
@@ -90,12 +167,24 @@ async def open_core(config: Config) -> tuple[Registry, Supervisor]:
 
 async def serve(config: Config, sd: systemd.SystemdEnv) -> int:
     # 0700: the registry keeps each caller's env (often secrets) and the output files.
-    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        statedir.prepare_dir(config.state_dir)
+    except statedir.StateDirError as exc:
+        raise StartupError(str(exc)) from None
     locks = [_lock(config.lock_path, f"state dir {config.state_dir}")]
-    if config.socket is not None and not sd.listen_fds:
-        _prepare_socket_dir(config.socket)
-        locks.append(_lock(config.socket.with_name(config.socket.name + ".lock"),
-                           f"socket {config.socket}"))
+    socket_path: _SocketPath | None = None
+    try:
+        if config.socket is not None and not sd.listen_fds:
+            _prepare_socket_dir(config.socket)
+            locks.append(_lock(config.socket.with_name(config.socket.name + ".lock"),
+                               f"socket {config.socket}"))
+            socket_path = _SocketPath(config.socket)  # checked while we hold its lock
+        config = _load_token(config)
+        _check_passed_sockets(config, sd)
+    except BaseException:
+        for fd in locks:
+            os.close(fd)
+        raise
     notifier = systemd.Notifier(sd.notify_socket)
     nofile = oskit.raise_nofile_limit()
     registry, supervisor = await open_core(config)
@@ -108,9 +197,12 @@ async def serve(config: Config, sd: systemd.SystemdEnv) -> int:
     watchdog: asyncio.Task[None] | None = None
     try:
         await runner.setup()
-        addresses = await _start_sites(runner, config, sd)
+        addresses = await _start_sites(runner, config, sd, nofile)
+        if socket_path is not None:
+            socket_path.bound()
         notifier.notify("READY=1", _status(supervisor))
         log.info("daemon.ready", pid=os.getpid(), listen=addresses, state_dir=str(config.state_dir),
+                 token_file=str(config.token_file) if config.token_file else None,
                  nofile=nofile, systemd=notifier.enabled)
         if sd.watchdog_interval:
             watchdog = asyncio.create_task(_watchdog(notifier, supervisor, sd.watchdog_interval))
@@ -123,11 +215,10 @@ async def serve(config: Config, sd: systemd.SystemdEnv) -> int:
         await supervisor.shutdown()
         await runner.cleanup()
         await registry.close()
-        if config.socket is not None and not sd.listen_fds:
-            with contextlib.suppress(FileNotFoundError):
-                config.socket.unlink()
-        for handle in locks:
-            handle.close()
+        if socket_path is not None:
+            socket_path.remove()
+        for fd in locks:
+            os.close(fd)
         notifier.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
@@ -135,16 +226,19 @@ async def serve(config: Config, sd: systemd.SystemdEnv) -> int:
     return 0
 
 
-async def _start_sites(runner: web.AppRunner, config: Config, sd: systemd.SystemdEnv) -> list[str]:
+async def _start_sites(runner: web.AppRunner, config: Config, sd: systemd.SystemdEnv,
+                       nofile: int | None = None) -> list[str]:
+    # Header deadline, keep-alive timeout and a connection budget per kind of listener.
+    limited = connections.Connections(connections.Limits.from_config(config, nofile))
     addresses = []
     if sd.listen_fds:  # socket activation: serve exactly what systemd passed
         for fd, name in sd.listen_fds:
             sock = systemd.socket_from_fd(fd)
-            await web.SockSite(runner, sock).start()
+            await limited.sock_site(runner, sock).start()
             addresses.append(f"fd:{fd}({name})")
         return addresses
     if config.listen is not None:
-        site = web.TCPSite(runner, config.listen.host, config.listen.port, reuse_address=True)
+        site = limited.tcp_site(runner, config.listen.host, config.listen.port, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:
@@ -153,7 +247,7 @@ async def _start_sites(runner: web.AppRunner, config: Config, sd: systemd.System
     if config.socket is not None:
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others may connect
         try:
-            await web.UnixSite(runner, str(config.socket)).start()
+            await limited.unix_site(runner, str(config.socket)).start()
         except OSError as exc:
             raise StartupError(f"cannot listen on {config.socket}: {exc.strerror}") from None
         finally:

@@ -25,13 +25,49 @@ How it keeps its promises:
   in its process group is stopped too (as systemd does for a service's cgroup).
 * **Client disconnects don't cut work short.** State-changing work runs in
   supervisor-owned tasks; HTTP handlers await them through ``asyncio.shield``.
+* **Memory and SQLite never disagree for long, and never about a promise**
+  (issue 15). Every transition's write goes through :meth:`_write`; what a
+  failed write costs depends on what it records:
+
+  - *A request's intent* is undone and the request gets 503 (StorageError,
+    "storage is failing ..."): a create whose insert fails leaves nothing in
+    memory and frees its slot; a kill whose ``terminating`` (or a queued
+    record's ``canceled``) cannot be committed is undone in memory, no signal
+    is sent, and the process keeps running (or goes back to its place in the
+    queue). A timeout whose ``terminating`` cannot be committed is tried again
+    EXPIRE_RETRY later. A value SQLite refuses to bind (a lone surrogate, a
+    65-bit int) fails its own insert as a 400 and nobody else's.
+  - *The daemon's own intent* to run a queued record: if ``running`` cannot be
+    committed the child is never spawned; the record ends idle/failed ("not
+    started: storage is failing ...") and frees its slot.
+  - *A spawned child's pid*: if it cannot be committed, the child's tree is
+    SIGKILLed and the record ends idle/failed (:meth:`_abandon`). The create
+    request then gets its 201 with that failed record, never a 503: a 503
+    always means that nothing was spawned.
+  - *Facts* (an exit, a spawn failure, a finished stop, start ticks, output
+    truncation) happened whatever the disk says: memory keeps them, the record
+    is *unsaved* (daemon/unsaved.py) and written again with backoff until it
+    commits (``registry.retry``, ``registry.recovered``). ``get``, ``wait``
+    and the by-pid lookups serve it from memory; :meth:`list_processes` reads SQLite and
+    overlays unsaved records onto the rows it returns, so a state filter still
+    applies to the committed state.
+  - Anything else that fails between a record's insert and its child running
+    (output files, a spawn error of any kind) ends the record idle/failed with
+    the error and frees its slot: :meth:`_spawn` never raises for those.
+
+  A daemon that dies with records unsaved restarts from SQLite, where each is
+  in its last committed state: a queued record whose failure to start was not
+  saved runs then (its creator was told "queued"), a running one whose exit was
+  not saved is reported lost, as after any crash.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -45,16 +81,17 @@ import structlog
 
 from . import oskit
 from .config import Config
+from .errors import ApiError, Conflict, Forbidden, NotFound, Unavailable
 from .events import EventHub
 from .metrics import Metrics
-from .errors import Conflict, Forbidden, NotFound, Unavailable
 from .model import (
     ACTIVE_STATES, Event, Process, State, StopReason, now_iso, iso_to_epoch,
     stopped_event, transition,
 )
-from .output import OutputStore
+from .output import OutputReader, OutputStore
 from .recent import RecentRecords
-from .registry import DuplicateKey, Registry
+from .registry import DuplicateKey, Registry, RegistryError, StorageError
+from .unsaved import UnsavedRecords
 
 # Environment variables a child must never inherit from the daemon.
 _PRIVATE_ENV_PREFIXES = ("LISTEN_", "WATCHDOG_", "STABLEHAND_")
@@ -66,6 +103,7 @@ HOUSEKEEPING_INTERVAL = 1.0
 LATE_ORPHAN_PASSES = 3   # a stop's passes over its tree (see _run_stop)
 ORPHAN_SETTLE = 0.25     # how long an orphan whose marker cannot be read may hold up a stop
 ORPHAN_RECHECK = 0.002   # how often a stop looks again at such an orphan
+EXPIRE_RETRY = 1.0       # a timeout whose stop could not be committed is tried again after this
 DEVNULL = os.devnull
 
 
@@ -143,6 +181,9 @@ class Supervisor:
         self._adopted_now: _Adopted | None = None
         self._unsure_since: dict[tuple[int, int], float] = {}  # (pid, ticks) → first seen
         self._last_busy = 0.0                        # loop time of the last start or stop
+        self._unsaved = UnsavedRecords(registry, self.log)   # memory ahead of SQLite
+        self._admission: dict[int, asyncio.Future[None]] = {}  # id -> its `running` write
+        self._abandoned: set[int] = set()            # spawned, pid not committed: being killed
         # What every child inherits from the daemon's environment, read once.
         self._base_env = {k: v for k, v in os.environ.items()
                           if k not in _PRIVATE_ENV_NAMES and not k.startswith(_PRIVATE_ENV_PREFIXES)}
@@ -194,11 +235,16 @@ class Supervisor:
         for child in list(self._children.values()):
             self._forget_child(child)
         self._reap()
+        await self._unsaved.close()
 
     # --- queries -------------------------------------------------------------------
 
     async def get(self, process_id: int) -> Process:
-        """The committed record (shared when idle: do not change it)."""
+        """The committed record (shared when idle: do not change it), or the
+        in-memory one while its latest state is unsaved."""
+        record = self._unsaved.get(process_id)
+        if record is not None:
+            return record
         record = self._recent.get(process_id)
         if record is not None:
             return record
@@ -208,6 +254,15 @@ class Supervisor:
             raise NotFound(f"process {process_id} not found")
         self._recent.offer(record, generation)
         return record
+
+    async def list_processes(self, **filters: Any) -> list[Process]:
+        """``Registry.list`` (same arguments), unsaved records shown as memory has them.
+
+        The filters apply to SQLite's committed rows: while storage fails, a record
+        whose exit is unsaved is returned by ``state=running`` (showing it idle) and
+        missing from ``state=idle``.
+        """
+        return self._unsaved.overlay(await self.registry.list(**filters))
 
     @property
     def queue_length(self) -> int:
@@ -258,18 +313,23 @@ class Supervisor:
             if existing is None:
                 raise
             return self._check_replay(existing, fingerprint), False
-        except BaseException:
+        except BaseException as exc:
             if state is State.RUNNING:
                 self._release_slot()
-            raise
+            if isinstance(exc, StorageError):
+                self.log.warning("process.not_created", error=exc.message)
+                raise StorageError(f"{exc.message}; the process was not created") from None
+            raise  # WriteRejected (a 400) among others: this request alone fails
         self._live[proc.id] = proc
         self.log.info("process.created", process_id=proc.id, state=proc.state.value, argv=proc.argv)
         self._emit(proc)
         if state is State.RUNNING:
-            await self._spawn(proc)
-        else:
-            self._queue.append(proc.id)
-        return proc.copy(), True
+            await self._spawn(proc)  # never raises for a failure before the child runs
+            return proc.copy(), True
+        snapshot = proc.copy()
+        self._queue.append(proc.id)
+        self._admit()  # a slot may have been freed while the insert was committing
+        return snapshot, True
 
     def _has_slot(self) -> bool:
         return self.config.max_concurrent == 0 or self._busy < self.config.max_concurrent
@@ -284,11 +344,27 @@ class Supervisor:
             proc = self._live[self._queue.popleft()]
             self._apply(proc, Event.ADMIT)
             self._busy += 1
-            commit = self.registry.update(proc.id, state=proc.state)
+            commit = self._admission[proc.id] = self._write(proc, state=proc.state)
             self._spawn_task(self._admit_one(proc, commit))
 
-    async def _admit_one(self, proc: Process, commit: Awaitable[None]) -> None:
-        await commit
+    async def _admit_one(self, proc: Process, commit: asyncio.Future[None]) -> None:
+        try:
+            await commit
+        except RegistryError:
+            pass  # _after_admission reads the outcome
+        if self._admission.get(proc.id) is commit and proc.state is State.RUNNING:
+            await self._after_admission(proc)
+        # else a kill began meanwhile: it finishes the record, or undoes itself and
+        # hands the record back to _after_admission (_undo_stop)
+
+    async def _after_admission(self, proc: Process) -> None:
+        """Spawn an admitted record once ``running`` is committed; if that commit
+        failed, never spawn it: it ends idle/failed and frees its slot."""
+        commit = self._admission.pop(proc.id)
+        error = commit.exception()
+        if error is not None:
+            await self._finish(proc, Event.SPAWN_FAILED, error=f"not started: {_message(error)}")
+            return
         self._emit(proc)
         await self._spawn(proc)
 
@@ -300,28 +376,38 @@ class Supervisor:
         return env
 
     async def _spawn(self, proc: Process) -> None:
-        """Start a record that is committed as running (unless it was killed meanwhile)."""
+        """Start a record that is committed as running (unless it was killed meanwhile).
+
+        Never raises for what fails before the child runs: the record ends
+        idle/failed with the error and frees its slot. A pid that cannot be
+        committed costs the child its life (:meth:`_abandon`).
+        """
         if proc.state is not State.RUNNING:
             return  # killed between admission and spawn: the kill path finishes it
         self._note_busy()
-        stdout, stderr = self.outputs.prepare(proc.id)
-        stdout = DEVNULL if proc.stdout_mode == "discard" else stdout
-        stderr = DEVNULL if proc.stderr_mode == "discard" else stderr
         try:
+            stdout, stderr = self.outputs.prepare(proc.id)
+            stdout = DEVNULL if proc.stdout_mode == "discard" else stdout
+            stderr = DEVNULL if proc.stderr_mode == "discard" else stderr
             spawned = oskit.spawn(proc.argv, self._child_env(proc), proc.cwd, stdout, stderr,
                                   stdin_pipe=proc.stdin == "pipe")
-        except (oskit.SpawnError, OSError) as exc:
-            await self._finish(proc, Event.SPAWN_FAILED, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever it is, nothing runs: say why on the record
+            if not isinstance(exc, (oskit.SpawnError, OSError)):
+                self.log.error("process.spawn_error", process_id=proc.id, error=repr(exc))
+            await self._finish(proc, Event.SPAWN_FAILED, error=str(exc) or type(exc).__name__)
             return
         child = Child(id=proc.id, pid=spawned.pid, ticks=-1, pidfd=spawned.pidfd,
                       own=True, exited=self._loop.create_future(), stdin_fd=spawned.stdin_fd)
         self._watch(child)
         proc.pid, proc.boot_id, proc.started_at = spawned.pid, self._boot_id, now_iso()
-        commit = self.registry.update(proc.id, pid=proc.pid, boot_id=proc.boot_id,
-                                      started_at=proc.started_at)
+        commit = self._write(proc, pid=proc.pid, boot_id=proc.boot_id, started_at=proc.started_at)
         self._arm_timeout(proc, child)
         self.log.info("process.spawned", process_id=proc.id, pid=spawned.pid)
-        await commit
+        try:
+            await commit
+        except RegistryError as exc:
+            await self._abandon(proc, child, exc)
+            return
         # The start time proves identity after a restart. It is read only now, once
         # the child is past exec (reading /proc/<pid>/stat during exec waits on it);
         # until it is stored, a restarted daemon identifies the child by its
@@ -329,7 +415,31 @@ class Supervisor:
         ticks = None if child.exited.done() else oskit.start_ticks(spawned.pid)
         if ticks is not None:
             child.ticks = proc.pid_start_time = ticks
-            self.registry.update(proc.id, pid_start_time=ticks)
+            self._write(proc, pid_start_time=ticks)
+
+    async def _abandon(self, proc: Process, child: Child, error: BaseException) -> None:
+        """The pid of a child just spawned could not be committed: kill its tree, fail the record.
+
+        Its creator is told the start failed (and a daemon restarted meanwhile
+        would know the child only by its marker). A child that already ended
+        decides the record's end instead, and so does a kill under way, once
+        committed (if its ``terminating`` fails too, the undo leaves it to us).
+        """
+        if proc.state is State.IDLE or child.exited.done():
+            return
+        self._abandoned.add(proc.id)
+        if child.timer is not None:
+            child.timer.cancel()
+            child.timer = None
+        self.log.warning("process.abandoned", process_id=proc.id, pid=child.pid,
+                         error=_message(error))
+        try:
+            status = await self._stop_members(child, self._signal_tree(child, signal.SIGKILL, {}), 0)
+        finally:
+            self._abandoned.discard(proc.id)
+        if proc.state is State.RUNNING:
+            await self._finish(proc, Event.SPAWN_FAILED, status=status, error=(
+                f"stopped right after it started: its pid could not be recorded ({_message(error)})"))
 
     def _watch(self, child: Child) -> None:
         self._children[child.id] = child
@@ -364,8 +474,12 @@ class Supervisor:
         self._forget_child(child)
         child.exited.set_result(status)
         proc = self._live.get(child.id)
-        if proc is None or proc.state is not State.RUNNING:
-            return  # terminating: the stop task finishes the record
+        if proc is None or proc.state is not State.RUNNING or proc.id in self._abandoned:
+            return  # terminating (or abandoned): the stop task finishes the record
+        self._settle_exit(proc, child, status)
+
+    def _settle_exit(self, proc: Process, child: Child, status: oskit.ExitStatus | None) -> None:
+        """Finish a running record whose leader exited, and sweep what it left in its group."""
         if status is not None and status.code == 0:
             event, error = Event.EXITED_OK, None
         elif status is None:
@@ -418,22 +532,47 @@ class Supervisor:
                 raise Conflict(f"process {process_id} is already idle")
         if proc.state is State.QUEUED:
             self._queue.remove(process_id)
-            await asyncio.shield(self._finish(proc, Event.KILL))
-            return proc.copy()
+            self._apply(proc, Event.KILL)
+            proc.completed_at = now_iso()
+            commit = self._write(proc, state=proc.state, exit_state=proc.exit_state,
+                                 completed_at=proc.completed_at)
+            record: Process = await self._owned(self._canceled(proc, commit))
+            return record
         if proc.state is not State.RUNNING:
             raise Conflict(f"process {process_id} is already {proc.state.value}")
+        if process_id in self._abandoned:
+            raise Conflict(f"process {process_id} is already being stopped: "
+                           "its start could not be recorded")
         grace = self._grace_of(proc) if grace is None else grace
         commit = self._begin_stop(proc, StopReason.KILL, grace if escalate else None, sig)
         snapshot = proc.copy()
-        await asyncio.shield(commit)
+        try:
+            await asyncio.shield(commit)
+        except StorageError as exc:  # undone by _run_stop: still running, nothing was sent
+            raise StorageError(f"{exc.message}; process {process_id} was not stopped") from None
         return snapshot
+
+    async def _canceled(self, proc: Process, commit: asyncio.Future[None]) -> Process:
+        """A queued record was canceled: idle once that is committed, else back in the queue."""
+        try:
+            await commit
+        except RegistryError as exc:
+            proc.state, proc.exit_state, proc.completed_at = State.QUEUED, None, None
+            self._unsaved.mark(proc)  # whatever raced the failure is written over
+            bisect.insort(self._queue, proc.id)
+            self._admit()
+            if isinstance(exc, StorageError):
+                raise StorageError(f"{exc.message}; process {proc.id} is still queued") from None
+            raise
+        await self._finished(proc, _done())
+        return proc.copy()
 
     def _grace_of(self, proc: Process) -> float:
         return proc.grace if proc.grace is not None else self.config.grace
 
     def _expire(self, process_id: int) -> None:
         proc = self._live.get(process_id)
-        if proc is not None and proc.state is State.RUNNING:
+        if proc is not None and proc.state is State.RUNNING and process_id not in self._abandoned:
             self.log.info("process.timeout", process_id=process_id, timeout=proc.timeout)
             self._begin_stop(proc, StopReason.TIMEOUT, self._grace_of(proc), signal.SIGTERM)
 
@@ -459,21 +598,31 @@ class Supervisor:
         if grace == 0:
             sig = signal.SIGKILL
         self._note_busy()
+        before = _StopFields.of(proc)
+        child = self._children.get(proc.id)
         self._apply(proc, Event.KILL if reason is StopReason.KILL else Event.EXPIRE)
         proc.stop_reason, proc.stop_requested_at = reason, now_iso()
         proc.stop_grace, proc.stop_signal = grace, oskit.signal_name(sig)
-        commit = self.registry.update(
-            proc.id, state=proc.state, stop_reason=reason, stop_requested_at=proc.stop_requested_at,
+        commit = self._write(
+            proc, state=proc.state, stop_reason=reason, stop_requested_at=proc.stop_requested_at,
             stop_grace=grace, stop_signal=proc.stop_signal)
-        self._spawn_task(self._run_stop(proc, commit, sig, grace))
+        self._spawn_task(self._run_stop(proc, commit, sig, grace, (before, child)))
         return commit
 
     async def _run_stop(self, proc: Process, commit: Awaitable[None], sig: int,
-                        grace: float | None) -> None:
-        await commit
+                        grace: float | None,
+                        undo: tuple[_StopFields, Child | None] | None = None) -> None:
+        try:
+            await commit
+        except RegistryError as exc:
+            if undo is not None and not self._closing:
+                self._undo_stop(proc, *undo, exc)
+                return
+            # shutting down: stop it anyway; its end is saved when storage allows
         child = self._children.get(proc.id)
         status = None
         if child is None:  # killed before it was spawned, or it exited meanwhile
+            self._admission.pop(proc.id, None)
             self._emit(proc)
         else:
             try:
@@ -491,6 +640,27 @@ class Supervisor:
             finally:
                 self._stop_sets.pop(proc.id, None)
         await self._finish(proc, stopped_event(proc.stop_reason), status=status)
+
+    def _undo_stop(self, proc: Process, before: _StopFields, child: Child | None,
+                   error: BaseException) -> None:
+        """``terminating`` could not be committed: nothing was signalled; back to running."""
+        reason = proc.stop_reason
+        before.restore(proc)
+        self._unsaved.mark(proc)  # a rewrite racing this undo is written over
+        self.log.warning("process.stop_unsaved", process_id=proc.id, error=_message(error))
+        if proc.id in self._abandoned:
+            return  # its pid could not be saved either: _abandon kills it and ends the record
+        if child is None:  # admitted, not spawned yet: the admission decides again
+            admission = self._admission.get(proc.id)
+            if admission is None:
+                self._finish(proc, Event.LOST, error="its stop could not be recorded and it is gone")
+            elif admission.done():
+                self._spawn_task(self._after_admission(proc))
+            return
+        if child.exited.done():  # it exited while the stop was being recorded
+            self._settle_exit(proc, child, child.exited.result())
+        elif reason is StopReason.TIMEOUT:
+            child.timer = self._loop.call_later(EXPIRE_RETRY, self._expire, proc.id)
 
     def _signal_tree(self, child: Child, sig: int, known: dict[int, int]) -> dict[int, int]:
         """Signal the leader (if unreaped), its group and every member of its tree.
@@ -638,9 +808,9 @@ class Supervisor:
         if status is not None:
             proc.exit_code, proc.exit_signal = status.code, status.signal_name
         if error is not None:
-            proc.error = error
-        commit = self.registry.update(
-            proc.id, state=proc.state, exit_state=proc.exit_state, completed_at=proc.completed_at,
+            proc.error = _storable(error)
+        commit = self._write(
+            proc, state=proc.state, exit_state=proc.exit_state, completed_at=proc.completed_at,
             exit_code=proc.exit_code, exit_signal=proc.exit_signal, error=proc.error,
             stdout_dropped=proc.stdout_dropped, stderr_dropped=proc.stderr_dropped)
         if held_slot:
@@ -650,16 +820,37 @@ class Supervisor:
     async def _finished(self, proc: Process, commit: Awaitable[None]) -> None:
         try:
             await commit
+        except RegistryError:
+            pass  # the end happened: it is kept unsaved in memory and saved later (_write)
         finally:
             del self._live[proc.id]  # only now: waiters registered meanwhile are still woken
         self.log.info("process.exited", process_id=proc.id, exit_state=proc.exit_state.value,
                       exit_code=proc.exit_code, exit_signal=proc.exit_signal, error=proc.error)
-        final = proc.copy()  # committed: waiters and readers need not read it back
+        final = proc.copy()  # committed or unsaved: waiters and readers need not read it back
         self._recent.add(final)
         for waiter in self._idle_waiters.pop(proc.id, []):
             if not waiter.done():
                 waiter.set_result(final)
         self._emit(proc)
+
+    def _write(self, proc: Process, **fields: Any) -> asyncio.Future[None]:
+        """Queue a write of ``proc``'s fields; awaiting it raises if it failed.
+
+        A failed write leaves memory ahead of SQLite: the record is marked unsaved
+        and written again until it commits (daemon/unsaved.py). Callers that must
+        refuse or undo (a kill, an admission, a pid) also see the failure.
+        """
+        try:
+            future = self.registry.update(proc.id, **fields)
+        except RegistryError as exc:  # the registry is closed
+            future = self._loop.create_future()
+            future.set_exception(exc)
+        future.add_done_callback(functools.partial(self._written, proc))
+        return future
+
+    def _written(self, proc: Process, future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self._unsaved.mark(proc, future.exception())
 
     def _apply(self, proc: Process, event: Event) -> None:
         proc.state, exit_state = transition(proc.state, event)
@@ -677,8 +868,9 @@ class Supervisor:
         """The record once idle (True), or as it is when ``timeout`` passes (False).
 
         Liveness is checked before anything is awaited: a record leaves _live
-        only after its idle state is committed, so a record that is not live
-        reads back idle (or not at all: NotFound).
+        only after its idle write settled (committed, or kept unsaved in memory,
+        which :meth:`get` serves), so a record that is not live reads back idle
+        (or not at all: NotFound).
         """
         if process_id not in self._live:
             record = await self.get(process_id)
@@ -727,7 +919,11 @@ class Supervisor:
 
     async def record_for_pid(self, pid: int) -> Process | None:
         """The newest record whose process ran as OS ``pid`` (compat routes address by pid)."""
-        return await self.registry.newest_by_pid(pid)
+        record = await self.registry.newest_by_pid(pid)
+        unsaved = self._unsaved.newest_with_pid(pid)
+        if unsaved is not None and (record is None or unsaved.id >= record.id):
+            return unsaved
+        return record if record is None else (self._unsaved.get(record.id) or record)
 
     def is_live_leader(self, record: Process) -> bool:
         """Whether ``record``'s process is the one still running under its pid."""
@@ -797,7 +993,7 @@ class Supervisor:
         self.log.info("process.output_truncated", process_id=proc.id, stdout_dropped=stdout,
                       stderr_dropped=stderr)
         proc.stdout_dropped, proc.stderr_dropped = stdout, stderr
-        return self.registry.update(proc.id, stdout_dropped=stdout, stderr_dropped=stderr)
+        return self._write(proc, stdout_dropped=stdout, stderr_dropped=stderr)
 
     def is_active(self, process_id: int) -> bool:
         """Whether the process may still change (queued, running or terminating)."""
@@ -810,6 +1006,14 @@ class Supervisor:
         dropped = record.stdout_dropped if stream == "stdout" else record.stderr_dropped
         start, data = self.outputs.read(process_id, stream, offset, limit, dropped)
         return start, data, record
+
+    async def output_reader(self, process_id: int, stream: str) -> OutputReader:
+        """A stream to read in bounded chunks off the loop (how the HTTP routes read output);
+        the dropped mark is looked up at each read, so bytes dropped meanwhile are never sent."""
+        record = self._live.get(process_id) or await self.get(process_id)
+        field = "stdout_dropped" if stream == "stdout" else "stderr_dropped"
+        return self.outputs.reader(process_id, stream,
+                                   lambda: int(getattr(self._live.get(process_id, record), field)))
 
     async def write_stdin(self, process_id: int, data: bytes, timeout: float = 30.0) -> int:
         """Write to a child started with ``stdin: "pipe"``, never blocking the loop."""
@@ -876,6 +1080,7 @@ class Supervisor:
             await self.registry.delete(process_id)
         finally:
             self._recent.forget(process_id)  # and what a read racing the deletion kept
+        self._unsaved.forget(process_id)
         self.outputs.remove(process_id)
         self.log.info("process.deleted", process_id=process_id)
 
@@ -996,11 +1201,44 @@ class Supervisor:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
+            if isinstance(task.exception(), ApiError):
+                return  # an answer for a caller (409, 503...), not a fault
             self.log.error("supervisor.task_failed", error=repr(task.exception()))
 
     async def _owned(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run state-changing work in an owned task; a cancelled caller does not cut it short."""
         return await asyncio.shield(self._spawn_task(coro))
+
+
+@dataclasses.dataclass(slots=True)
+class _StopFields:
+    """A running record's fields that a stop changes: what undoing a refused stop restores."""
+
+    state: State
+    stop_reason: StopReason | None
+    stop_requested_at: str | None
+    stop_grace: float | None
+    stop_signal: str | None
+
+    @classmethod
+    def of(cls, proc: Process) -> _StopFields:
+        return cls(proc.state, proc.stop_reason, proc.stop_requested_at, proc.stop_grace,
+                   proc.stop_signal)
+
+    def restore(self, proc: Process) -> None:
+        proc.state, proc.stop_reason, proc.stop_requested_at = (
+            self.state, self.stop_reason, self.stop_requested_at)
+        proc.stop_grace, proc.stop_signal = self.stop_grace, self.stop_signal
+
+
+def _message(error: BaseException) -> str:
+    return error.message if isinstance(error, ApiError) else (str(error) or type(error).__name__)
+
+
+def _storable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates, say from a file name) escaped,
+    so SQLite can store it and JSON can carry it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _resolve_future(future: asyncio.Future[None]) -> None:

@@ -145,6 +145,17 @@ class DaemonProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    @property
+    def token(self) -> str | None:
+        """The token the daemon made in its state dir on first start (None if it made none)."""
+        path = self.state_dir / "token"
+        return path.read_text().strip() if path.exists() else None
+
+    def headers(self) -> dict[str, str]:
+        """An Authorization header for TCP calls, when the daemon has its own token."""
+        token = self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:

@@ -20,11 +20,14 @@ Decisions where a document is silent:
   document gives; SIGTERM only, never escalated (DELETE /api/v1/processes/{pid}
   or a forced 001 can still finish such a process).
 * 003: a SIGKILL answers 204 once the process is gone; an unmanaged pid that may
-  not be signalled (with ``allow_unmanaged``) is its 500 failure body.
+  not be signalled (with ``allow_unmanaged``) is its 500 failure body. An integer
+  that no process can have (0, -5: the fragment's pid is any int32) names no
+  process: 404, one of its documented codes; only text that is no integer is a 400.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 from typing import Any
 
@@ -40,6 +43,7 @@ from .keys import CONFIG, SUPERVISOR
 routes = web.RouteTableDef()
 
 MAX_GRACEFUL_TIMEOUT = 3600.0
+_INT32 = re.compile(r"-?[0-9]{1,10}")   # the digits of any int32 (and a few more)
 
 
 def _supervisor(request: web.Request) -> Supervisor:
@@ -151,8 +155,8 @@ def _psys_pid(body: dict[str, Any] | None) -> int | None:
         return None
     if isinstance(raw, float) and raw.is_integer():
         raw = int(raw)
-    if isinstance(raw, str) and raw.isascii() and raw.isdigit():
-        raw = int(raw)
+    if isinstance(raw, str):
+        return parse.os_pid(raw)  # bounded before int(): 5000 digits are "Invalid pid", not a 500
     if isinstance(raw, int) and 0 < raw <= parse.MAX_PID:
         return raw
     return None
@@ -196,7 +200,10 @@ def _tensorlake_error(status: int, message: str, code: str) -> web.Response:
 async def tensorlake_kill(request: web.Request) -> web.StreamResponse:
     pid = _pid_from_path(request)
     if pid is None:
-        return _tensorlake_error(400, f"invalid pid {request.match_info['pid']!r}", "invalid_pid")
+        text = request.match_info["pid"]
+        if _INT32.fullmatch(text):
+            return _tensorlake_error(404, f"process {text} not found", "not_found")
+        return _tensorlake_error(400, f"invalid pid {text!r}", "invalid_pid")
     supervisor = _supervisor(request)
     record = await supervisor.record_for_pid(pid)
     live = record is not None and record.state in (State.RUNNING, State.TERMINATING) \

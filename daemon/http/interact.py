@@ -9,9 +9,9 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BadRequest
-from ..output import STREAMS
+from ..output import STREAMS, OutputOverrun, OutputReader
 from ..supervisor import Supervisor
-from . import parse
+from . import parse, streaming
 from .jsonio import json_response
 from .keys import SUPERVISOR
 
@@ -33,6 +33,8 @@ def _signal(value: Any, supervisor: Supervisor, field: str = "signal") -> int:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise BadRequest(f"'{field}' must be a signal name or number")
+    if isinstance(value, str) and len(value) > 32:
+        raise BadRequest(f"'{field}': {parse.shown(value)} is not a known signal name")
     try:
         return supervisor.signal_number(value)
     except ValueError as exc:
@@ -48,7 +50,14 @@ def _query_int(request: web.Request, name: str, default: int | None, minimum: in
 
 @routes.get("/processes/{id}/output")
 async def output(request: web.Request) -> web.StreamResponse:
-    """Captured bytes of one stream, by range; ``follow=1`` streams until the process is idle."""
+    """Captured bytes of one stream, by range; ``follow=1`` streams until the process is idle.
+
+    Streamed from disk in bounded chunks (see ``OutputReader``), never read whole.
+    Without follow the range is fixed when the request arrives: X-Output-Next is
+    ``start`` plus the bytes then on disk (at most ``limit``), the body is exactly
+    those bytes (Content-Length), and if some of them are dropped by the output cap
+    before they are sent, the connection is closed short rather than send zeros.
+    """
     process_id = parse.path_id(request)
     stream = request.query.get("stream", "stdout")
     if stream not in STREAMS:
@@ -59,30 +68,58 @@ async def output(request: web.Request) -> web.StreamResponse:
     if follow not in ("0", "1", "true", "false"):
         raise BadRequest("query parameter 'follow' must be 0 or 1")
     supervisor = _supervisor(request)
-    start, data, _ = await supervisor.read_output(process_id, stream, offset, limit)
-    headers = {"X-Output-Offset": str(start), "X-Output-Next": str(start + len(data))}
+    reader = await supervisor.output_reader(process_id, stream)
+    start = max(offset, reader.dropped())
     if follow in ("0", "false"):
-        return web.Response(body=data, headers=headers, content_type="application/octet-stream")
+        size = await reader.size()
+        end = max(start, size if limit is None else min(size, start + limit))
+        return await _send_range(request, reader, start, end)
     response = web.StreamResponse(headers={"X-Output-Offset": str(start)})
     response.content_type = "application/octet-stream"
     response.enable_chunked_encoding()
-    await response.prepare(request)
     position = start
-    while True:
-        active = supervisor.is_active(process_id)  # look before reading: no final bytes are missed
-        position, data, _ = await supervisor.read_output(process_id, stream, position, 1 << 20)
-        if data:
-            await response.write(data)
-            position += len(data)
-            continue
-        if not active:
-            break
-        await asyncio.sleep(FOLLOW_POLL)
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        while not streaming.headers_only(request):
+            if streaming.gone(request):  # noticed even while the process prints nothing
+                raise ConnectionResetError("the client went away")
+            active = supervisor.is_active(process_id)  # look before reading: no final bytes are missed
+            position, data = await reader.read(position)
+            if data:
+                await response.write(data)
+                position += len(data)
+                continue
+            if not active:
+                break
+            await asyncio.sleep(FOLLOW_POLL)
+        await response.write_eof()
+    except ConnectionError:
+        if not streaming.client_gone(request):
+            raise
+    return response
+
+
+async def _send_range(request: web.Request, reader: OutputReader, start: int,
+                      end: int) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"X-Output-Offset": str(start), "X-Output-Next": str(end)})
+    response.content_type = "application/octet-stream"
+    response.content_length = end - start
+    try:
+        await response.prepare(request)
+        if not streaming.headers_only(request):
+            async for chunk in reader.chunks(start, end):
+                await response.write(chunk)
+        await response.write_eof()
+    except OutputOverrun as exc:
+        streaming.cut_short(request, str(exc))
+    except ConnectionError:
+        if not streaming.client_gone(request):
+            raise
     return response
 
 
 @routes.post("/processes/{id}/stdin")
+@parse.raw_body
 async def write_stdin(request: web.Request) -> web.Response:
     process_id = parse.path_id(request)
     data = await request.read()

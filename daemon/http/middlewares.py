@@ -1,14 +1,21 @@
-"""The edge middleware (access control, rate limits, errors as JSON, metrics) and the access log.
+"""The edge middleware (browser checks, access control, rate limits, errors as JSON,
+metrics) and the access log.
 
 Every failure leaves as ``{"error": "..."}`` with its status: our ApiErrors,
 aiohttp's own 404/405/413, and (logged, never leaked) unexpected exceptions as
 a 500. Tensorlake's routes (under /api/v1/) always carry a ``code`` as well.
+
+Rate limiting keys on who the caller is once authenticated: ``token`` when the
+bearer token matched, else the Unix peer's uid, else the TCP peer address, so
+no Authorization text a client makes up can buy it a fresh bucket. A request
+refused with 401 takes a token from its peer's bucket (any method): a flood
+of bad tokens is answered 429 once that bucket is empty, while callers with
+the right token keep their own bucket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import socket
@@ -18,8 +25,10 @@ import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from ..config import Config
 from ..errors import ApiError, Forbidden, Unauthorized
 from ..oskit import peer_credentials
+from . import browsers, parse
 from .jsonio import json_response
 from .keys import CONFIG, RATE_LIMITER, SUPERVISOR
 from .ratelimit import Decision
@@ -29,7 +38,7 @@ log = structlog.get_logger("stablehand.http")
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
           405: "method_not_allowed", 408: "timeout", 409: "conflict", 413: "payload_too_large",
-          415: "unsupported_media_type", 429: "rate_limited", 500: "internal_error",
+          414: "uri_too_long", 415: "unsupported_media_type", 429: "rate_limited", 500: "internal_error",
           503: "unavailable"}
 
 
@@ -79,40 +88,45 @@ def _peer_uid(sock: socket.socket | None) -> int | None:
     return uid
 
 
-def check_access(request: web.Request, sock: socket.socket | None) -> None:
+def _token_required(config: Config, unix: bool) -> bool:
+    return config.token is not None and (not unix or config.socket_requires_token)
+
+
+def _peer_key(sock: socket.socket | None, request: web.Request) -> str:
+    """Who is calling, when no token says so: the Unix peer's uid, else the TCP peer address."""
+    if sock is not None and sock.family == socket.AF_UNIX:
+        uid = _peer_uid(sock)
+        return f"uid:{uid}" if uid is not None else "unix"
+    return f"ip:{request.remote}"
+
+
+def check_access(request: web.Request, sock: socket.socket | None) -> str:
     """Bearer token on every route but GET /healthz; Unix-socket clients per config.
 
-    A Unix-socket client needs no token unless ``socket_requires_token``: the
-    socket's file mode already decides who may connect. ``socket_allowed_uids``
-    narrows that further by the peer's uid (SO_PEERCRED).
+    Returns the caller's identity for rate limiting: ``token`` once the token
+    has matched (there is one token, so one identity), else the peer's uid or
+    address. A Unix-socket client needs no token unless ``socket_requires_token``:
+    the socket's file mode already decides who may connect.
+    ``socket_allowed_uids`` narrows that further by the peer's uid (SO_PEERCRED).
     """
     config = request.app[CONFIG]
     if request.method == "GET" and request.path == "/healthz":
-        return
+        return _peer_key(sock, request)
     unix = sock is not None and sock.family == socket.AF_UNIX
     if unix and config.socket_allowed_uids:
         uid = _peer_uid(sock)
         if uid not in config.socket_allowed_uids:
             raise Forbidden(f"uid {uid} may not use this socket")
-    if config.token is not None and (not unix or config.socket_requires_token):
-        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-                presented.strip().encode(), config.token.encode()):
-            raise Unauthorized("missing or invalid bearer token",
-                               headers={"WWW-Authenticate": 'Bearer realm="stablehand"'})
-
-
-_MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-def _client_key(request: web.Request, sock: socket.socket | None) -> str:
-    token = request.headers.get("Authorization")
-    if token:
-        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32]
-    uid = _peer_uid(sock)
-    if uid is not None:
-        return f"uid:{uid}"
-    return f"ip:{request.remote}"
+    if not _token_required(config, unix):
+        return _peer_key(sock, request)
+    assert config.token is not None
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    # surrogateescape: aiohttp decodes header bytes that are not UTF-8 that way.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode("utf-8", "surrogateescape"), config.token.encode()):
+        raise Unauthorized("missing or invalid bearer token",
+                           headers={"WWW-Authenticate": 'Bearer realm="stablehand"'})
+    return "token"
 
 
 def _rate_limited(decision: Decision) -> web.Response:
@@ -123,35 +137,82 @@ def _rate_limited(decision: Decision) -> web.Response:
         status=429, headers=decision.headers())
 
 
+def _guard(request: web.Request, sock: socket.socket | None) -> tuple[web.StreamResponse | None,
+                                                                        Decision | None]:
+    """Everything before the handler, in order; (an answer that ends the request, rate decision).
+
+    Order: a foreign Origin (403) before anything else; then the Host check for
+    requests no token vouches for (403); a CORS preflight from an allowed Origin
+    (204); the token (401); the rate limit (429). Then, with the rate headers
+    on the answer, the query string (414/400) and the body's Content-Type (415).
+    """
+    config = request.app[CONFIG]
+    unix = sock is not None and sock.family == socket.AF_UNIX
+    limiter = request.app.get(RATE_LIMITER)
+    browsers.check_origin(request, config)
+    if not _token_required(config, unix):
+        browsers.check_host(request, config)
+    answer = browsers.preflight(request, config)
+    if answer is not None:
+        return answer, None
+    decision = None
+    try:
+        identity = check_access(request, sock)
+    except Unauthorized as exc:
+        # A flood of bad tokens is limited per peer, whatever Authorization it sends.
+        if limiter is not None:
+            decision = limiter.take(_peer_key(sock, request))
+            if not decision.allowed:
+                return _rate_limited(decision), None
+            exc.headers.update(decision.headers())
+        raise
+    if limiter is not None and request.method in browsers.MUTATING:
+        decision = limiter.take(identity)
+        if not decision.allowed:
+            return _rate_limited(decision), None
+    return None, decision
+
+
+def _validated(handler: Handler) -> Handler:
+    """The handler behind the checks that need no handler knowledge: query string, body type."""
+    async def validated(request: web.Request) -> web.StreamResponse:
+        parse.check_query(request)
+        browsers.check_body_type(request)
+        return await handler(request)
+    return validated
+
+
 @web.middleware
 async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one middleware: access control, rate limit, errors as JSON, request metrics.
+    """The one middleware: browser checks, access control, rate limit, errors as JSON, metrics.
 
-    One layer instead of four keeps the per-request cost low. Rate limiting
+    One layer instead of several keeps the per-request cost low. Rate limiting
     follows Cyrnel's contract: X-RateLimit-* on every limited response (errors
     included), 429 with Retry-After when the client's bucket is empty.
     """
     sock = _socket_of(request)
     decision = None
     try:
-        check_access(request, sock)
-        limiter = request.app.get(RATE_LIMITER)
-        if limiter is not None and request.method in _MUTATING:
-            decision = limiter.take(_client_key(request, sock))
+        answer, decision = _guard(request, sock)
     except ApiError as exc:
         response: web.StreamResponse = error_response(request, exc.status, exc.message, exc.code,
                                                       exc.headers or None)
     else:
-        if decision is not None and not decision.allowed:
-            response = _rate_limited(decision)
+        if answer is not None:
+            response = answer
         else:
-            response = await _rendered(request, handler)
+            response = await _rendered(request, _validated(handler))
             if decision is not None and not response.prepared:
                 response.headers.update(decision.headers())
     route = request.match_info.route.resource
     template = route.canonical if route is not None else "unmatched"
     request.app[SUPERVISOR].metrics.count_request(request.method, template, response.status)
     return response
+
+
+async def cors_on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` hook: CORS headers for an allowed Origin (streams included)."""
+    browsers.cors_headers(request, response, request.app[CONFIG])
 
 
 class AccessLogger(AbstractAccessLogger):

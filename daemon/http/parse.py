@@ -1,42 +1,141 @@
-"""Request parsing shared by every route: bodies, path ids, query values.
+"""Request parsing shared by every route: bodies, path ids, query values, headers.
 
-Each helper raises BadRequest (or UnsupportedMediaType) with a message that
+Each helper raises BadRequest (or another 4xx ApiError) with a message that
 names what was wrong, so bad input never reaches the supervisor as a 500.
+
+Decisions (see docs/security.md, "Bad input"):
+
+* Bodies are parsed by orjson: it refuses invalid UTF-8, lone surrogates
+  (``"\\ud800"``, which ``json.loads`` accepts and SQLite later cannot store),
+  NaN/Infinity and a byte-order mark, and has no RecursionError. Every parsed
+  body is then walked once: nesting deeper than MAX_DEPTH or a NUL in any
+  string (object keys included) is a 400 naming where it is. Integers past 64
+  bits come out as floats (and then fail their field's range check).
+* Integers in paths, queries and headers (ids, pids, cursors, offsets,
+  ``Last-Event-ID``) are ASCII digits without leading zeros and are length-checked
+  before ``int()``: a 5000-digit id is a 400, never Python's ValueError for
+  integers past 4300 digits.
+* The query string is checked once per request, before any handler: at most
+  MAX_QUERY_BYTES (414 past that), every name and value valid UTF-8 once
+  percent-decoded, and no NUL. aiohttp would otherwise turn invalid UTF-8 into
+  U+FFFD silently.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import unquote_to_bytes
 
+import orjson
 from aiohttp import web
 
-from ..errors import BadRequest, UnsupportedMediaType
+from ..errors import ApiError, BadRequest, UnsupportedMediaType
 
 MAX_ID = 2**63 - 1
 MAX_PID = 2**31 - 1
+MAX_DEPTH = 32              # nesting levels in a JSON body (the top-level value is level 1)
+MAX_QUERY_BYTES = 8192      # the raw query string; the longest useful one (a 1 KiB ref) fits
+_MAX_ID_DIGITS = len(str(MAX_ID))
+_MAX_PID_DIGITS = len(str(MAX_PID))
 _JSON_TYPES = ("application/json",)
+
+Handler = TypeVar("Handler", bound=Callable[[web.Request], Awaitable[web.StreamResponse]])
+RAW_BODY_HANDLERS: set[Callable[..., Any]] = set()
+
+
+class UriTooLong(ApiError):
+    status = 414
+
+
+def raw_body(handler: Handler) -> Handler:
+    """Mark a route whose body is raw bytes (stdin) rather than JSON.
+
+    The edge middleware reads this to decide which Content-Types a route takes
+    (browsers.check_body_type); the handler itself reads ``request.read()``.
+    """
+    RAW_BODY_HANDLERS.add(handler)
+    return handler
 
 
 def is_json_type(content_type: str) -> bool:
+    content_type = content_type.lower()
     return content_type in _JSON_TYPES or content_type.endswith("+json")
 
 
+def shown(text: str, limit: int = 40) -> str:
+    """A client's value quoted for an error message, cut short if long."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+class _BadString(Exception):
+    """A NUL in a body string; ``where`` collects the path on the way out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.where: list[str | int] = []
+
+
+def _walk(value: Any, depth: int) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise _BadString()
+        return
+    if isinstance(value, (dict, list)) and depth > MAX_DEPTH:
+        raise BadRequest(f"request body is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            try:
+                if "\x00" in key:
+                    raise _BadString()
+                _walk(item, depth + 1)
+            except _BadString as exc:
+                exc.where.append(key)
+                raise
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            try:
+                _walk(item, depth + 1)
+            except _BadString as exc:
+                exc.where.append(index)
+                raise
+
+
+def _path(where: list[str | int]) -> str:
+    text = ""
+    for part in reversed(where):
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or "body"
+
+
+def loads(raw: bytes) -> Any:
+    """Parse and check a JSON document (see the module docstring); BadRequest says why."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    try:
+        _walk(value, 1)
+    except _BadString as exc:
+        raise BadRequest(f"'{_path(exc.where)}' must not contain NUL characters") from None
+    return value
+
+
 async def json_body(request: web.Request, *, required: bool = False) -> Any:
-    """The parsed JSON body, or None when there is none (unless ``required``)."""
+    """The parsed JSON body, or None when there is none (unless ``required``).
+
+    The edge middleware has already refused a body of the wrong Content-Type;
+    the check here keeps a handler safe if it is ever mounted without it.
+    """
     raw = await request.read()
     if not raw.strip():
         if required:
             raise BadRequest("a JSON request body is required")
         return None
-    if "Content-Type" in request.headers and not is_json_type(request.content_type):
-        raise UnsupportedMediaType(
-            f"Content-Type must be application/json, not {request.content_type!r}")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
+    if not is_json_type(request.content_type) or "Content-Type" not in request.headers:
+        raise UnsupportedMediaType("a request body must be sent with Content-Type: application/json")
+    return loads(raw)
 
 
 async def json_object(request: web.Request, *, required: bool = False) -> dict[str, Any]:
@@ -50,15 +149,17 @@ async def json_object(request: web.Request, *, required: bool = False) -> dict[s
 
 
 def whole_number(text: str, what: str, minimum: int = 1) -> int:
-    """A path or query value that must be an integer from ``minimum`` up, written plainly."""
+    """A path, query or header value that must be an integer from ``minimum`` up to MAX_ID."""
     kind = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
     if not text.isascii() or not text.isdigit():
-        raise BadRequest(f"invalid {what} {text!r}: must be {kind}")
+        raise BadRequest(f"invalid {what} {shown(text)}: must be {kind}")
+    if len(text) > _MAX_ID_DIGITS:  # int() of thousands of digits raises ValueError
+        raise BadRequest(f"invalid {what} {shown(text)}: must be between {minimum} and {MAX_ID}")
     value = int(text)
     if str(value) != text:
-        raise BadRequest(f"invalid {what} {text!r}: must be {kind} without leading zeros")
+        raise BadRequest(f"invalid {what} {shown(text)}: must be {kind} without leading zeros")
     if not minimum <= value <= MAX_ID:
-        raise BadRequest(f"invalid {what} {text!r}: must be between {minimum} and {MAX_ID}")
+        raise BadRequest(f"invalid {what} {shown(text)}: must be between {minimum} and {MAX_ID}")
     return value
 
 
@@ -72,13 +173,40 @@ def os_pid(text: str) -> int | None:
     The compatibility routes each answer a bad pid in their own document's words,
     so this reports failure instead of raising.
     """
-    if text.isascii() and text.isdigit() and not text.startswith("0") and int(text) <= MAX_PID:
+    if (text.isascii() and text.isdigit() and not text.startswith("0")
+            and len(text) <= _MAX_PID_DIGITS and int(text) <= MAX_PID):
         return int(text)
     return None
 
 
 def path_id(request: web.Request, name: str = "id", what: str = "process id") -> int:
     return positive_int(request.match_info[name], what)
+
+
+def last_event_id(request: web.Request) -> int | None:
+    """``Last-Event-ID`` (an SSE resume point): None, or an event number 0..MAX_ID."""
+    text = request.headers.get("Last-Event-ID")
+    if text is None:
+        return None
+    return whole_number(text, "Last-Event-ID (a number from an earlier event)", 0)
+
+
+def check_query(request: web.Request) -> None:
+    """Refuse a query string that is too long, not UTF-8, or holds a NUL (see module doc)."""
+    raw = request.raw_path.partition("?")[2]
+    if not raw:
+        return
+    if len(raw) > MAX_QUERY_BYTES:
+        raise UriTooLong(f"the query string is {len(raw)} bytes; at most {MAX_QUERY_BYTES} are accepted")
+    for pair in raw.split("&"):
+        for part in pair.split("=", 1):
+            data = unquote_to_bytes(part.replace("+", " "))
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest("the query string is not valid UTF-8 once percent-decoded") from None
+            if "\x00" in text:
+                raise BadRequest("the query string must not contain NUL characters")
 
 
 def number(value: Any, field: str, *, minimum: float = 0.0, maximum: float,
@@ -103,7 +231,7 @@ def query_number(request: web.Request, name: str, default: float | None, *, maxi
     if text is None:
         return default
     try:
-        value = float(text)
+        value = float(text) if len(text) <= 64 else math.inf
     except ValueError:
         raise BadRequest(f"query parameter '{name}' must be a number") from None
     return number(value, name, maximum=maximum)
@@ -130,7 +258,7 @@ def env_map(value: Any, field: str = "env") -> dict[str, str]:
     for key, item in value.items():
         string(key, field)
         if "=" in key:
-            raise BadRequest(f"'{field}' name {key!r} must not contain '='")
+            raise BadRequest(f"'{field}' name {shown(key)} must not contain '='")
         string(item, f"{field}.{key}", allow_empty=True)
     return dict(value)
 

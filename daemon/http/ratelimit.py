@@ -1,9 +1,12 @@
 """Token-bucket rate limiting per client, with the Cyrnel document's headers and 429 body.
 
-Each client (its bearer token, else its peer address, else its Unix uid) has a
-bucket of ``burst`` tokens refilled at ``rate`` per second; a mutating request
-takes one. Buckets that have refilled completely carry no information and are
-dropped, so memory stays bounded by the number of recently active clients.
+Each client (its authenticated identity: see middlewares.py) has a bucket of
+``burst`` tokens refilled at ``rate`` per second; a mutating request takes one.
+Buckets live in an LRU of at most MAX_CLIENTS entries: each request moves its
+bucket to the young end and, past the cap, the least recently used bucket is
+dropped. Both are O(1), so no number of clients can make a request cost more
+or the map grow without bound. A dropped bucket comes back full, which only
+matters to a client idle while MAX_CLIENTS others were active.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 
@@ -34,11 +38,14 @@ class Decision:
 class RateLimiter:
     MAX_CLIENTS = 10_000
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] | None = None,
+                 max_clients: int | None = None) -> None:
         self.rate = rate
         self.burst = burst
+        self.max_clients = max_clients or self.MAX_CLIENTS
         self._clock = clock or time.monotonic
-        self._buckets: dict[str, tuple[float, float]] = {}   # client -> (tokens, updated)
+        # client -> (tokens, updated), least recently used first
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def take(self, client: str) -> Decision:
         now = self._clock()
@@ -48,16 +55,14 @@ class RateLimiter:
         if allowed:
             tokens -= 1.0
         self._buckets[client] = (tokens, now)
-        if len(self._buckets) > self.MAX_CLIENTS:
-            self._evict(now)
+        self._buckets.move_to_end(client)
+        if len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
         wall = time.time()
         full_in = (self.burst - tokens) / self.rate
         retry_after = 0 if allowed else max(1, math.ceil((1.0 - tokens) / self.rate))
         return Decision(allowed=allowed, limit=self.burst, remaining=int(tokens),
                         reset=math.ceil(wall + full_in), retry_after=retry_after)
 
-    def _evict(self, now: float) -> None:
-        for client, (tokens, updated) in list(self._buckets.items()):
-            if tokens + (now - updated) * self.rate >= self.burst:
-                del self._buckets[client]
-
+    def __len__(self) -> int:
+        return len(self._buckets)

@@ -108,7 +108,7 @@ async def list_processes(request: web.Request) -> web.Response:
         raise BadRequest(f"query parameter 'limit' must be at most {MAX_LIST}")
     cursor_text = request.query.get("cursor")
     cursor = parse.positive_int(cursor_text, "cursor") if cursor_text is not None else None
-    records = await _supervisor(request).registry.list(
+    records = await _supervisor(request).list_processes(
         state=_enum_query(request, "state", State),
         exit_state=_enum_query(request, "exitState", ExitState),
         ref=request.query.get("ref") or None,

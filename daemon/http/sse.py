@@ -3,7 +3,8 @@
 Each event has ``id`` (a sequence number for ``Last-Event-ID``), ``event: state``
 and as data the record plus ``state``/``exitState`` at the top. ``?id=`` and
 ``?ref=`` filter. A comment line every HEARTBEAT seconds keeps proxies from
-closing an idle stream.
+closing an idle stream. A client that leaves is noticed within GONE_CHECK
+seconds (or at the next write) and logged at debug as ``http.client_gone``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import asyncio
 
 from aiohttp import web
 
-from ..errors import BadRequest
-from . import parse
+from . import parse, streaming
 from .jsonio import dumps
 from .keys import SUPERVISOR
 
 routes = web.RouteTableDef()
 HEARTBEAT = 15.0
+GONE_CHECK = 1.0   # seconds: a client that left is noticed (and its queue freed) this soon
 
 
 @routes.get("/events")
@@ -26,23 +27,30 @@ async def events(request: web.Request) -> web.StreamResponse:
     only_id = request.query.get("id")
     only_id_value = parse.positive_int(only_id, "query parameter 'id'") if only_id is not None else None
     only_ref = request.query.get("ref")
-    last = request.headers.get("Last-Event-ID")
-    if last is not None and not (last.isascii() and last.isdigit()):
-        raise BadRequest("Last-Event-ID must be a number from an earlier event")
+    last = parse.last_event_id(request)
     hub = request.app[SUPERVISOR].events
-    queue, missed = hub.subscribe(int(last) if last is not None else None)
+    queue, missed = hub.subscribe(last)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
     try:
         await response.prepare(request)
+        if streaming.headers_only(request):
+            await response.write_eof()
+            return response
         await response.write(b": stablehand events\n\n")
         pending = list(missed)
+        quiet = 0.0
         while True:
             if not pending:
                 try:
-                    pending.append(await asyncio.wait_for(queue.get(), HEARTBEAT))
+                    pending.append(await asyncio.wait_for(queue.get(), GONE_CHECK))
                 except TimeoutError:
-                    await response.write(b": heartbeat\n\n")
+                    if streaming.gone(request):
+                        raise ConnectionResetError("the client went away") from None
+                    quiet += GONE_CHECK
+                    if quiet >= HEARTBEAT:
+                        await response.write(b": heartbeat\n\n")
+                        quiet = 0.0
                     continue
             event = pending.pop(0)
             if only_id_value is not None and event.process_id != only_id_value:
@@ -52,5 +60,10 @@ async def events(request: web.Request) -> web.StreamResponse:
             data = dumps({"id": event.process_id, "state": event.record["state"],
                           "exitState": event.record["exitState"], "record": event.record})
             await response.write(f"id: {event.seq}\nevent: state\ndata: {data}\n\n".encode())
+            quiet = 0.0
+    except ConnectionError:  # the stream ends only when its client leaves (or at shutdown)
+        if not streaming.client_gone(request):
+            raise
+        return response
     finally:
         hub.unsubscribe(queue)

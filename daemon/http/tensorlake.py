@@ -31,13 +31,15 @@ from aiohttp import web
 
 from ..errors import ApiError, BadRequest, NotFound
 from ..model import Process, State, iso_to_epoch
+from ..output import READ_CHUNK, OutputReader
 from ..supervisor import StartSpec, Supervisor
-from . import parse
-from .jsonio import dumps, json_response
+from . import parse, streaming
+from .jsonio import dumps_bytes, json_response
 from .keys import SUPERVISOR
 
 routes = web.RouteTableDef()
 POLL = 0.02
+MAX_LINE = 1024 * 1024      # bytes; a longer line is delivered as several lines
 STREAM_NAMES = ("stdout", "stderr", "output")
 START_FIELDS = frozenset({"command", "args", "env", "working_dir", "stdin_mode", "stdout_mode",
                           "stderr_mode"})
@@ -86,32 +88,47 @@ def tensorlake_record(record: Process, stdin_writable: bool = False) -> dict[str
 
 
 def _spec(body: dict[str, Any], *, allow_pipe: bool = True, extra: frozenset[str] = frozenset()) -> StartSpec:
-    unknown = sorted(set(body) - START_FIELDS - extra)
-    if unknown:
-        raise BadRequest(f"unknown field '{unknown[0]}'", code="invalid_request")
-    if "command" not in body:
-        raise BadRequest("'command' is required", code="invalid_request")
-    command = parse.string(body["command"], "command")
-    args = body.get("args") or []
-    if not isinstance(args, list):
-        raise BadRequest("'args' must be an array of strings", code="invalid_request")
-    args = [parse.string(a, "args", allow_empty=True) for a in args]
+    """A start body as a StartSpec; every malformed field is a 400 with code invalid_request."""
     try:
-        env = parse.env_map(body.get("env"))
-        cwd = parse.absolute_path(body.get("working_dir"), "working_dir")
+        return _checked_spec(body, allow_pipe=allow_pipe, extra=extra)
     except BadRequest as exc:
         raise BadRequest(exc.message, code="invalid_request") from None
+
+
+def _checked_spec(body: dict[str, Any], *, allow_pipe: bool, extra: frozenset[str]) -> StartSpec:
+    unknown = sorted(set(body) - START_FIELDS - extra)
+    if unknown:
+        raise BadRequest(f"unknown field {parse.shown(unknown[0])}")
+    if "command" not in body:
+        raise BadRequest("'command' is required")
+    command = parse.string(body["command"], "command")
+    args = body.get("args")
+    args = [] if args is None else args  # null is "no args"; 0, "" and {} are errors
+    if not isinstance(args, list):
+        raise BadRequest("'args' must be an array of strings")
+    args = [parse.string(a, "args", allow_empty=True) for a in args]
+    env = parse.env_map(body.get("env"))
+    cwd = parse.absolute_path(body.get("working_dir"), "working_dir")
     modes = {}
     for field, allowed in (("stdin_mode", ("closed", "pipe") if allow_pipe else ("closed",)),
                            ("stdout_mode", ("capture", "discard")),
                            ("stderr_mode", ("capture", "discard"))):
-        value = body.get(field) or allowed[0]
-        if value not in allowed:
-            raise BadRequest(f"'{field}' must be one of {', '.join(allowed)}", code="invalid_request")
+        value = body.get(field)
+        value = allowed[0] if value is None else value
+        if not isinstance(value, str) or value not in allowed:
+            raise BadRequest(f"'{field}' must be one of {', '.join(allowed)}")
         modes[field] = value
     return StartSpec(argv=[command, *args], env=env, cwd=cwd,
                      stdin="pipe" if modes["stdin_mode"] == "pipe" else "null",
                      stdout_mode=modes["stdout_mode"], stderr_mode=modes["stderr_mode"])
+
+
+async def _start_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object a start or run sends; a malformed one is invalid_request too."""
+    try:
+        return await parse.json_object(request, required=True)
+    except BadRequest as exc:
+        raise BadRequest(exc.message, code="invalid_request") from None
 
 
 async def _record_for(request: web.Request) -> Process:
@@ -131,7 +148,7 @@ def _stdin_writable(supervisor: Supervisor, record: Process) -> bool:
 
 @routes.post("/api/v1/processes")
 async def start(request: web.Request) -> web.Response:
-    spec = _spec(await parse.json_object(request, required=True))
+    spec = _spec(await _start_body(request))
     supervisor = _supervisor(request)
     record, _ = await supervisor.create(spec)
     if record.state is State.IDLE and record.pid is None:
@@ -142,7 +159,7 @@ async def start(request: web.Request) -> web.Response:
 @routes.get("/api/v1/processes")
 async def list_processes(request: web.Request) -> web.Response:
     supervisor = _supervisor(request)
-    records = await supervisor.registry.list(limit=100)
+    records = await supervisor.list_processes(limit=100)
     return json_response({"processes": [tensorlake_record(r, _stdin_writable(supervisor, r))
                                         for r in records if r.pid is not None]})
 
@@ -154,6 +171,7 @@ async def get_process(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/processes/{pid}/stdin")
+@parse.raw_body
 async def write_stdin(request: web.Request) -> web.Response:
     record = await _record_for(request)
     data = await request.read()
@@ -175,26 +193,62 @@ async def close_stdin(request: web.Request) -> web.Response:
 
 
 class LineReader:
-    """Complete lines of one captured stream, read incrementally from its file."""
+    """Lines of one captured stream, read incrementally from its file in bounded chunks.
 
-    def __init__(self, supervisor: Supervisor, process_id: int, stream: str) -> None:
-        self.supervisor, self.process_id, self.stream = supervisor, process_id, stream
+    A line longer than MAX_LINE bytes is delivered as several lines of at most
+    MAX_LINE bytes each (cut at a UTF-8 character boundary), so one giant line
+    never makes a reader hold more than MAX_LINE + READ_CHUNK bytes. Lines are
+    decoded as UTF-8 with U+FFFD for bytes that are not.
+    """
+
+    def __init__(self, reader: OutputReader, stream: str) -> None:
+        self.reader, self.stream = reader, stream
         self.offset = 0
         self.partial = b""
 
-    async def lines(self, final: bool = False) -> list[str]:
-        while True:
-            start, data, _ = await self.supervisor.read_output(self.process_id, self.stream,
-                                                               self.offset, 1 << 20)
+    async def batches(self, final: bool = False, end: int | None = None) -> AsyncIterator[list[str]]:
+        """The lines available now (up to byte ``end`` if given), one chunk's worth at a time;
+        with ``final``, the last unterminated line too."""
+        while end is None or self.offset < end:
+            start, data = await self.reader.read(self.offset, READ_CHUNK if end is None
+                                                 else end - self.offset)
             if not data:
                 break
+            lines = []
+            if start != self.offset and self.partial:  # the rest of that line was dropped (cap)
+                lines.append(self.partial)
+                self.partial = b""
             self.offset = start + len(data)
-            self.partial += data
-        *complete, self.partial = self.partial.split(b"\n")
+            *complete, self.partial = (self.partial + data).split(b"\n")
+            lines += complete
+            while len(self.partial) > MAX_LINE:
+                cut = _char_boundary(self.partial, MAX_LINE)
+                lines.append(self.partial[:cut])
+                self.partial = self.partial[cut:]
+            if lines:
+                yield [text for line in lines for text in _pieces(line)]
         if final and self.partial:
-            complete.append(self.partial)
+            yield _pieces(self.partial)
             self.partial = b""
-        return [line.decode(errors="replace") for line in complete]
+
+
+def _char_boundary(data: bytes, at: int) -> int:
+    """``at``, moved back (at most 3 bytes) so as not to cut a UTF-8 character in two."""
+    cut = at
+    while cut > at - 3 and data[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return cut if data[cut] & 0xC0 != 0x80 else at
+
+
+def _pieces(line: bytes) -> list[str]:
+    """A line as text, in pieces of at most MAX_LINE bytes."""
+    pieces = []
+    while len(line) > MAX_LINE:
+        cut = _char_boundary(line, MAX_LINE)
+        pieces.append(line[:cut].decode(errors="replace"))
+        line = line[cut:]
+    pieces.append(line.decode(errors="replace"))
+    return pieces
 
 
 def _streams(name: str) -> tuple[str, ...]:
@@ -206,41 +260,72 @@ def _stream_name(request: web.Request) -> str:
     return parts[-2] if parts[-1] == "follow" else parts[-1]
 
 
-async def output(request: web.Request) -> web.Response:
+async def output(request: web.Request) -> web.StreamResponse:
+    """``{pid, lines, line_count}``, streamed: the output is read and sent a chunk at a time.
+
+    The lines are those on disk when the request arrives (each stream's size is
+    taken first); the JSON is written as a prefix, then the lines chunk by chunk,
+    then ``line_count``, so no output, however large, is ever whole in memory.
+    """
     record = await _record_for(request)
     supervisor = _supervisor(request)
-    lines: list[str] = []
-    for stream in _streams(_stream_name(request)):
-        lines += await LineReader(supervisor, record.id, stream).lines(final=True)
-    return json_response({"pid": record.pid, "lines": lines, "line_count": len(lines)})
-
-
-async def _sse(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await response.prepare(request)
+    readers = [LineReader(await supervisor.output_reader(record.id, s), s)
+               for s in _streams(_stream_name(request))]
+    ends = [await r.reader.size() for r in readers]
+    response = web.StreamResponse()
+    response.content_type = "application/json"
+    response.charset = "utf-8"
+    response.enable_chunked_encoding()
+    count = 0
+    try:
+        await response.prepare(request)
+        if streaming.headers_only(request):
+            await response.write_eof()
+            return response
+        await response.write(b'{"pid":' + dumps_bytes(record.pid) + b',"lines":[')
+        for reader, end in zip(readers, ends):
+            async for batch in reader.batches(final=True, end=end):
+                encoded = dumps_bytes(batch)[1:-1]  # the strings, comma separated
+                await response.write(encoded if count == 0 else b"," + encoded)
+                count += len(batch)
+        await response.write(b'],"line_count":' + str(count).encode() + b"}")
+        await response.write_eof()
+    except ConnectionError:
+        if not streaming.client_gone(request):
+            raise
     return response
 
 
+def _sse() -> web.StreamResponse:
+    """An event stream, to prepare inside the handler's ``try`` (the client may be gone)."""
+    return web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+
+
+def _event(event: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + dumps_bytes(data) + b"\n\n"
+
+
 async def _send(response: web.StreamResponse, event: str, data: dict[str, Any]) -> None:
-    await response.write(f"event: {event}\ndata: {dumps(data)}\n\n".encode())
+    await response.write(_event(event, data))
 
 
 async def _follow_lines(request: web.Request, process_id: int,
-                        streams: tuple[str, ...]) -> AsyncIterator[tuple[str, str]]:
-    """(stream, line) as lines are written, until the process is idle and all is read.
+                        streams: tuple[str, ...]) -> AsyncIterator[tuple[str, list[str]]]:
+    """(stream, lines) as lines are written, a chunk's worth at a time, until the process
+    is idle and all is read.
 
     Raises ConnectionResetError once the client has gone away, even while the
     process prints nothing.
     """
     supervisor = _supervisor(request)
-    readers = [LineReader(supervisor, process_id, s) for s in streams]
+    readers = [LineReader(await supervisor.output_reader(process_id, s), s) for s in streams]
     while True:
-        if request.transport is None or request.transport.is_closing():
+        if streaming.gone(request):
             raise ConnectionResetError("the client went away")
         active = supervisor.is_active(process_id)  # look before reading: no final line is missed
         for reader in readers:
-            for line in await reader.lines(final=not active):
-                yield reader.stream, line
+            async for batch in reader.batches(final=not active):
+                yield reader.stream, batch
         if not active:
             return
         await asyncio.sleep(POLL)
@@ -249,14 +334,23 @@ async def _follow_lines(request: web.Request, process_id: int,
 async def follow(request: web.Request) -> web.StreamResponse:
     record = await _record_for(request)
     name = _stream_name(request)
-    response = await _sse(request)
-    async for stream, line in _follow_lines(request, record.id, _streams(name)):
-        data: dict[str, Any] = {"line": line, "timestamp": _now_ms()}
-        if name == "output":
-            data["stream"] = stream
-        await _send(response, "output", data)
-    await _send(response, "eof", {})
-    await response.write_eof()
+    response = _sse()
+    try:
+        await response.prepare(request)
+        if streaming.headers_only(request):
+            await response.write_eof()
+            return response
+        async for stream, batch in _follow_lines(request, record.id, _streams(name)):
+            now = _now_ms()
+            await response.write(b"".join(
+                _event("output", {"line": line, "timestamp": now, "stream": stream}
+                       if name == "output" else {"line": line, "timestamp": now})
+                for line in batch))
+        await _send(response, "eof", {})
+        await response.write_eof()
+    except ConnectionError:
+        if not streaming.client_gone(request):
+            raise
     return response
 
 
@@ -268,7 +362,7 @@ for _name in STREAM_NAMES:
 @routes.post("/api/v1/processes/run")
 async def run(request: web.Request) -> web.StreamResponse:
     """Run to completion in one streaming request: started, output..., exit."""
-    body = await parse.json_object(request, required=True)
+    body = await _start_body(request)
     timeout = body.get("timeout")
     if timeout is not None:
         try:
@@ -282,18 +376,25 @@ async def run(request: web.Request) -> web.StreamResponse:
     spec.timeout, spec.grace = timeout, (0.0 if timeout is not None else None)
     supervisor = _supervisor(request)
     record, _ = await supervisor.create(spec)
-    response = await _sse(request)
-    await _send(response, "started", {"handle": record.id, "pid": record.pid,
-                                      "started_at": _ms(record.started_at) or _now_ms()})
+    response = _sse()
     try:
-        async for stream, line in _follow_lines(request, record.id, ("stdout", "stderr")):
-            await _send(response, "output", {"line": line, "timestamp": _now_ms(), "stream": stream})
+        await response.prepare(request)
+        await _send(response, "started", {"handle": record.id, "pid": record.pid,
+                                          "started_at": _ms(record.started_at) or _now_ms()})
+        async for stream, batch in _follow_lines(request, record.id, ("stdout", "stderr")):
+            now = _now_ms()
+            await response.write(b"".join(
+                _event("output", {"line": line, "timestamp": now, "stream": stream}) for line in batch))
         final = await supervisor.get(record.id)
         await _send(response, "exit", _exit_event(final))
         await response.write_eof()
-    except (ConnectionResetError, asyncio.CancelledError):
+    except asyncio.CancelledError:
         await _abandoned(supervisor, record)
         raise
+    except ConnectionError:
+        await _abandoned(supervisor, record)
+        if not streaming.client_gone(request):
+            raise
     return response
 
 

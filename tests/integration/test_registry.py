@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -9,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from daemon.model import State, now_iso
-from daemon.registry import DuplicateKey, Registry, RegistryError, known_migrations
+from daemon.registry import (
+    DuplicateKey,
+    Registry,
+    RegistryError,
+    StorageError,
+    WriteRejected,
+    known_migrations,
+)
+
+from .smallfs import small_fs
 
 
 def _row(**extra: object) -> dict[str, object]:
@@ -78,10 +88,63 @@ async def test_idempotency_keys_are_unique(tmp_path: Path) -> None:
 
 
 async def test_concurrent_writes_are_all_committed(tmp_path: Path) -> None:
-    import asyncio
     registry = await Registry.open(tmp_path / "r.db")
     ids = await asyncio.gather(*[registry.insert(_row(ref=str(i))) for i in range(200)])
     assert len(set(ids)) == 200 and sorted(ids) == list(ids)
     await registry.close()
     with closing(sqlite3.connect(tmp_path / "r.db")) as conn, conn:
         assert conn.execute("SELECT COUNT(*) FROM processes").fetchone()[0] == 200
+
+
+# --- failures are isolated per statement; storage failures fail the batch (issue 15) ---
+
+async def test_a_statement_that_fails_fails_alone_and_the_batch_commits(tmp_path: Path) -> None:
+    registry = await Registry.open(tmp_path / "r.db")
+    good = [_row(ref=f"good-{i}") for i in range(20)]
+    bad = [_row(ref="\ud800"),                      # UnicodeEncodeError while binding
+           _row(cwd="/tmp/\udcff"),                 # the same, in another column
+           _row(grace=10**30),                      # OverflowError: beyond 64 bits
+           _row(idempotency_key="k"), _row(idempotency_key="k")]   # IntegrityError (the 2nd)
+    rows = good[:10] + bad + good[10:]               # queued in one turn: one batch
+    results = await asyncio.gather(*[registry.insert(row) for row in rows], return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert [type(f) for f in failures] == [WriteRejected, WriteRejected, WriteRejected, DuplicateKey]
+    assert all(f.status == 400 and "cannot be stored" in f.message for f in failures[:3])
+    assert "\\ud800" in failures[0].message  # escaped: the message itself can be sent as JSON
+    update = registry.update(1, error="\ud800")     # an update that fails fails alone too
+    other = registry.update(2, error="fine")
+    with pytest.raises(WriteRejected):
+        await update
+    await other
+    await registry.close()
+    with closing(sqlite3.connect(tmp_path / "r.db")) as conn, conn:
+        refs = [r[0] for r in conn.execute("SELECT ref FROM processes ORDER BY id")]
+        assert refs[:10] == [f"good-{i}" for i in range(10)] and refs[-10:] == [f"good-{i}" for i in range(10, 20)]
+        assert len(refs) == 21   # 20 good rows and the first insert of key "k"
+        assert conn.execute("SELECT error FROM processes WHERE id IN (1, 2) ORDER BY id").fetchall() == \
+            [(None,), ("fine",)]
+
+
+async def test_a_full_disk_fails_the_batch_with_a_storage_error(tmp_path: Path) -> None:
+    with small_fs(tmp_path / "fs") as fs:
+        registry = await Registry.open(fs.root / "r.db")
+        try:
+            kept = await registry.insert(_row(ref="before"))
+            fs.fill()
+            results = await asyncio.gather(registry.insert(_row(ref="during")),
+                                           registry.update(kept, error="during"),
+                                           return_exceptions=True)
+            for result in results:
+                assert isinstance(result, StorageError), result
+                assert result.status == 503 and "storage is failing" in result.message
+                assert "full" in result.message
+            with pytest.raises(StorageError):   # and the registry keeps refusing while full
+                await registry.insert(_row(ref="still full"))
+            fs.free()
+            after = await registry.insert(_row(ref="after"))
+            assert after > kept
+        finally:
+            await registry.close()
+        with closing(sqlite3.connect(fs.root / "r.db")) as conn, conn:
+            assert conn.execute("SELECT ref, error FROM processes ORDER BY id").fetchall() == \
+                [("before", None), ("after", None)]

@@ -142,3 +142,41 @@ async def test_openapi_json_is_served(client: Any) -> None:
         for operation in item.values():
             if isinstance(operation, dict) and "responses" in operation:
                 assert all(re.fullmatch(r"[1-5]\d\d", code) for code in operation["responses"])
+
+
+async def test_random_authorization_values_cannot_bypass_the_rate_limit(make_daemon: Any) -> None:
+    """The limiter once keyed on the raw Authorization text: a fresh header was a fresh bucket."""
+    client = await make_daemon(rate_limit=0.01, rate_burst=3)  # no token: every header is noise
+    statuses = []
+    for attempt in range(5):
+        response = await client.post("/api/connections/kill", json={"pid": 999_999},
+                                     headers={"Authorization": f"Bearer random-{attempt}"})
+        statuses.append(response.status)
+    assert statuses == [404, 404, 404, 429, 429]
+
+
+async def test_a_flood_of_bad_tokens_is_limited_per_peer_and_spares_the_token(make_daemon: Any) -> None:
+    client = await make_daemon(token=TOKEN, rate_limit=0.01, rate_burst=3)
+    statuses = []
+    for attempt in range(5):
+        response = await client.get("/processes", headers={"Authorization": f"Bearer guess-{attempt}"})
+        statuses.append(response.status)
+    assert statuses == [401, 401, 401, 429, 429]
+    assert response.headers["Retry-After"] and (await response.json())["error"] == "rate_limit_exceeded"
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    response = await client.post("/api/connections/kill", json={"pid": 999_999}, headers=good)
+    assert response.status == 404, "the token's own bucket is untouched"
+    assert response.headers["X-RateLimit-Remaining"] == "2"
+
+
+def test_bucket_map_is_bounded_and_keeps_the_recent_clients() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rate=0.001, burst=1, clock=lambda: now[0], max_clients=100)
+    assert limiter.take("busy").allowed and not limiter.take("busy").allowed
+    for index in range(99):
+        limiter.take(f"flood-{index}")
+    assert not limiter.take("busy").allowed, "a recently used bucket is kept"
+    for index in range(10_000):
+        limiter.take(f"more-{index}")
+        assert len(limiter) <= 100
+    assert limiter.take("busy").allowed, "the least recently used bucket was dropped"

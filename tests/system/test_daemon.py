@@ -23,7 +23,7 @@ def call(daemon: DaemonProcess, method: str, path: str, body: Any = None,
     if unix:
         return _unix_call(daemon.socket_path, method, path, data)
     request = urllib.request.Request(daemon.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **daemon.headers()})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read() or b"null")

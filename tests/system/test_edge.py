@@ -22,12 +22,13 @@ def test_missing_or_empty_token_file_is_a_config_error(tmp_path: Path) -> None:
     result = _serve(tmp_path, "--token-file", str(tmp_path / "absent"))
     assert result.returncode == 78 and "token_file" in result.stderr
     (tmp_path / "empty").write_text("  \n")
+    (tmp_path / "empty").chmod(0o600)
     result = _serve(tmp_path, "--token-file", str(tmp_path / "empty"))
     assert result.returncode == 78 and "empty" in result.stderr
 
 
 def test_non_loopback_without_token_refuses(tmp_path: Path) -> None:
-    result = _serve(tmp_path, "--listen", "0.0.0.0:0")
+    result = _serve(tmp_path, "--listen", "0.0.0.0:0", "--token-file", "none")
     assert result.returncode == 78 and "loopback" in result.stderr and "--token-file" in result.stderr
 
 
@@ -43,6 +44,7 @@ def test_socket_in_a_directory_others_can_write_refuses(tmp_path: Path) -> None:
 
 def test_token_on_tcp_not_on_socket_by_default(daemon: Any, tmp_path: Path) -> None:
     (tmp_path / "token").write_text("tok\n")
+    (tmp_path / "token").chmod(0o600)  # the daemon refuses a token others can read
     d = daemon("--token-file", str(tmp_path / "token")).start()
     assert call(d, "GET", "/processes")[0] == 401
     assert call(d, "GET", "/processes", unix=True)[0] == 200
@@ -52,6 +54,7 @@ def test_token_on_tcp_not_on_socket_by_default(daemon: Any, tmp_path: Path) -> N
 
 def test_socket_requires_token_when_configured(daemon: Any, tmp_path: Path) -> None:
     (tmp_path / "token").write_text("tok\n")
+    (tmp_path / "token").chmod(0o600)  # the daemon refuses a token others can read
     d = daemon("--token-file", str(tmp_path / "token"),
                env={"STABLEHAND_SOCKET_REQUIRES_TOKEN": "true"}).start()
     assert call(d, "GET", "/processes", unix=True)[0] == 401

@@ -35,6 +35,7 @@ def _schemathesis() -> str | None:
 def test_schemathesis_finds_nothing(daemon: Any, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("fuzz-token\n")
+    token_file.chmod(0o600)  # the daemon refuses a token others can read
     d = daemon("--token-file", str(token_file), "--max-concurrent", "4", "--log-level", "warning",
                env={"STABLEHAND_ALLOWED_PROGRAMS": "true"}).start()
     result = subprocess.run(

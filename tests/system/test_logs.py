@@ -52,6 +52,7 @@ def test_a_start_and_a_kill_log_one_json_event_per_line(daemon: Any) -> None:
 
 def test_debug_level_logs_each_request_without_its_token(daemon: Any, tmp_path: Any) -> None:
     (tmp_path / "token").write_text("s3cret-token\n")
+    (tmp_path / "token").chmod(0o600)  # the daemon refuses a token others can read
     d = daemon("--log-level", "debug", "--token-file", str(tmp_path / "token")).start()
     request = urllib.request.Request(d.url + "/processes?limit=1",
                                      headers={"Authorization": "Bearer s3cret-token"})

@@ -46,8 +46,9 @@ def _ours_in_proc(instance: str) -> dict[int, int]:
     return found
 
 
-async def _post_many(url: str, n: int, results: list[int]) -> None:
-    async with aiohttp.ClientSession() as session:
+async def _post_many(d: Any, n: int, results: list[int]) -> None:
+    url = d.url
+    async with aiohttp.ClientSession(headers=d.headers()) as session:
         async def one() -> None:
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                 async with session.post(url + "/processes", json={"argv": ["sleep", "600"]},
@@ -60,11 +61,11 @@ async def _post_many(url: str, n: int, results: list[int]) -> None:
 async def test_kill9_under_load_loses_nothing(daemon: Any) -> None:
     d = daemon("--grace", "2").start()
     acknowledged: list[int] = []
-    await _post_many(d.url, 200, acknowledged)
+    await _post_many(d, 200, acknowledged)
     assert len(acknowledged) == 200
     instance = _instance(d)
     for round_number in range(3):
-        burst = asyncio.ensure_future(_post_many(d.url, 100, acknowledged))
+        burst = asyncio.ensure_future(_post_many(d, 100, acknowledged))
         await asyncio.sleep(0.05 * (round_number + 1))  # crash while the burst is in flight
         d.kill9()
         await burst
@@ -249,7 +250,7 @@ def test_idempotency_key(daemon: Any) -> None:
     def post(body: dict[str, Any], key: str) -> tuple[int, Any]:
         request = urllib.request.Request(d.url + "/processes", data=json.dumps(body).encode(),
                                          method="POST", headers={"Content-Type": "application/json",
-                                                                 "Idempotency-Key": key})
+                                                                 "Idempotency-Key": key, **d.headers()})
         try:
             with urllib.request.urlopen(request) as response:
                 return response.status, json.loads(response.read())

@@ -68,7 +68,7 @@ def test_unknown_toml_key_is_refused(tmp_path: Path) -> None:
 
 def test_non_loopback_without_token_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="loopback"):
-        load({"listen": "0.0.0.0:9371", "state_dir": str(tmp_path)}, env={})
+        load({"listen": "0.0.0.0:9371", "state_dir": str(tmp_path), "token_file": "none"}, env={})
 
 
 def test_cli_exits_78_naming_the_option(tmp_path: Path) -> None:

@@ -1,0 +1,364 @@
+"""Connections: a header deadline, an idle keep-alive timeout, and a cap per listener.
+
+aiohttp has no deadline for receiving a request's headers, and its keep-alive
+timer does not stop a client that trickles them (slowloris). So each listener
+here makes its connections with :class:`GuardedHandler`, aiohttp's
+``RequestHandler`` (through :class:`~.protocol_errors.JsonErrorHandler`, so
+malformed requests still get the JSON envelope) with three additions:
+
+* **Header deadline** (``header_timeout``, 10 s by default): a timer armed when
+  the connection opens and again when the first byte of a new request arrives
+  on a kept-alive connection, disarmed the moment aiohttp's parser has the
+  request line and all the headers. A client that has not finished them by then
+  gets ``408 {"error": ..., "code": "timeout"}`` (or, if it sent nothing at all,
+  just the close) and the connection is closed; logged at debug as
+  ``http.header_timeout``. The deadline does not cover the body nor, above all,
+  the response: an SSE stream or a follow runs for as long as it likes.
+  Bytes arriving while a request is being answered (its body, or the next
+  pipelined request) do not arm it; the next request's bytes after that do.
+* **Idle keep-alive timeout** (``keepalive_timeout``, 75 s): aiohttp's own
+  ``keepalive_timeout``. Its timer closes a connection only while no request is
+  being handled, so streaming responses are exempt by construction.
+* **A cap on concurrent connections**, one budget per kind of listener: TCP
+  listeners share ``max_connections`` (1024), Unix-socket listeners share
+  ``socket_max_connections`` (256). The budgets are separate, so no number of
+  TCP connections can keep a socket client out. When a budget is full, a new
+  connection takes the place of the connection that has been *idle* longest
+  (waiting for its first request or kept alive between requests), which is
+  closed: a flood of idle connections cannot lock real clients out, since each
+  of them sends its request at once and is then busy, never the longest idle.
+  Only when every connection is busy (answering a request, or streaming) is
+  the new one answered ``503 {"error": ..., "code": "unavailable"}`` with
+  ``Connection: close`` at once, before it sends anything, and closed: it
+  holds its file descriptor for one turn of the loop. A streaming response
+  counts against the cap for as long as it is open. ``http.connections_full``
+  is logged at warning at most once every 10 s per budget, with how many idle
+  connections were closed and how many new ones refused since the last one.
+
+File descriptors. The daemon raises its soft ``RLIMIT_NOFILE`` to the hard
+limit at start-up (``oskit.raise_nofile_limit``). If that leaves too few for
+both budgets plus :data:`FD_RESERVE` for everything else (children, the
+registry, output reads), the TCP budget is lowered to fit, with a warning
+(``http.tcp_budget_lowered``), so the socket's budget is always backed by real
+descriptors.
+
+A client that goes away mid-stream is normal: see :mod:`.streaming`.
+
+Everything that changes here is in this module; ``service.py`` only builds a
+:class:`Connections` and asks it for sites instead of aiohttp's
+``TCPSite``/``UnixSite``/``SockSite``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+import structlog
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from ..config import Config
+from .app import SERVER_SOFTWARE
+from .jsonio import dumps_bytes
+from .protocol_errors import JsonErrorHandler
+
+log = structlog.get_logger("stablehand.http")
+
+FD_RESERVE = 512            # descriptors kept for everything but connections
+MIN_TCP_BUDGET = 16         # the TCP budget is never lowered below this
+WARN_EVERY = 10.0           # seconds between two http.connections_full warnings
+
+
+def _raw_response(status: str, message: str, code: str) -> bytes:
+    body = dumps_bytes({"error": message, "code": code})
+    head = (f"HTTP/1.1 {status}\r\nServer: {SERVER_SOFTWARE}\r\n"
+            f"Content-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n")
+    if code == "unavailable":
+        head += "Retry-After: 1\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+class Budget:
+    """How many connections one kind of listener may hold open at once, and which of them
+    are idle (waiting for a request), longest idle first."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.open = 0
+        self._idle: dict[GuardedHandler, None] = {}   # insertion order: longest idle first
+        self._refused = self._evicted = 0             # since the last warning
+        self._warned_at = -WARN_EVERY
+        self._refusal = _raw_response(
+            "503 Service Unavailable",
+            f"too many connections: all {limit} of this {name} listener's are busy; retry later",
+            "unavailable")
+
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Take a place for a new connection: a free one, else the longest-idle connection's
+        (which is closed), else none: answer 503 and close the new connection."""
+        if self.open >= self.limit:
+            victim = next(iter(self._idle), None)
+            if victim is None:
+                self._refused += 1
+                self._warn()
+                cast(asyncio.Transport, transport).write(self._refusal)  # uvloop's are not asyncio's
+                transport.close()
+                return False
+            self._evicted += 1
+            self._warn()
+            victim.evict(_EVICTED)
+        self.open += 1
+        return True
+
+    def idle(self, handler: GuardedHandler) -> None:
+        self._idle.pop(handler, None)
+        self._idle[handler] = None
+
+    def busy(self, handler: GuardedHandler) -> None:
+        self._idle.pop(handler, None)
+
+    def release(self, handler: GuardedHandler) -> None:
+        self._idle.pop(handler, None)
+        self.open -= 1
+
+    def _warn(self) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY:
+            log.warning("http.connections_full", listener=self.name, limit=self.limit,
+                        evicted_idle=self._evicted, refused=self._refused)
+            self._warned_at, self._refused, self._evicted = now, 0, 0
+
+
+_TIMEOUT = _raw_response("408 Request Timeout",
+                         "the request line and headers did not arrive in time", "timeout")
+_EVICTED = _raw_response("503 Service Unavailable",
+                         "too many connections: this one was the longest idle and its place went "
+                         "to a newer one; retry", "unavailable")
+
+
+class GuardedHandler(JsonErrorHandler):
+    """aiohttp's per-connection protocol with a budget place and a header deadline."""
+
+    def __init__(self, manager: web.Server, *, loop: asyncio.AbstractEventLoop, budget: Budget,
+                 header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, loop=loop, **kwargs)
+        self._budget = budget
+        self._header_timeout = header_timeout
+        self._connected = False     # aiohttp's connection_made ran (so its connection_lost must)
+        self._placed = False        # holds a place in the budget
+        self._deadline: asyncio.TimerHandle | None = None
+        self._answered = 0          # requests whose response is finished
+        self._received = False      # bytes of the request under the deadline have arrived
+        self._unread_body: Any = None  # the body of an answered request that aiohttp still drains
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._budget.admit(transport):
+            return
+        self._connected = self._placed = True
+        super().connection_made(transport)
+        self._arm()
+        self._budget.idle(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._connected:
+            return
+        if self._unread_body is not None and self._unread_body.is_eof():
+            self._unread_body = None
+        if data and self._request_count == self._answered and self._unread_body is None:
+            # No request is being answered nor its body drained: these bytes begin the next one.
+            self._received = True
+            self._arm()
+        parsed = self._request_count
+        super().data_received(data)
+        if self._request_count != parsed:  # a request line and its headers are complete
+            self._disarm()
+            self._received = False
+            if self._placed:
+                self._budget.busy(self)
+
+    async def finish_response(self, request: BaseRequest, resp: StreamResponse,
+                              start_time: float | None) -> tuple[StreamResponse, bool]:
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            self._answered += 1
+            if not request.content.is_eof():  # aiohttp reads the rest ("lingering") next
+                self._unread_body = request.content
+            if self._placed and self._request_count == self._answered:
+                self._budget.idle(self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._connected:
+            return
+        self._connected = False
+        self._release()
+        super().connection_lost(exc)
+
+    def evict(self, refusal: bytes) -> None:
+        """Give this idle connection's place to a new one: close it (with a 503 if it had
+        begun a request, silently if it was only being kept alive)."""
+        transport = self.transport
+        log.debug("http.connection_evicted", listener=self._budget.name,
+                  peer=_peer(transport) if transport is not None else None)
+        self._release()
+        if transport is not None and self._received:
+            transport.write(refusal)
+        self.force_close()
+
+    def _release(self) -> None:
+        self._disarm()
+        if self._placed:
+            self._placed = False
+            self._budget.release(self)
+
+    def _arm(self) -> None:
+        if self._deadline is None and self._header_timeout > 0:
+            self._deadline = self._loop.call_later(self._header_timeout, self._headers_late)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _headers_late(self) -> None:
+        self._deadline = None
+        transport = self.transport
+        if transport is None or self._request_count != self._answered:
+            return
+        log.debug("http.header_timeout", listener=self._budget.name, peer=_peer(transport),
+                  timeout=self._header_timeout, partial=self._received)
+        if self._received:
+            transport.write(_TIMEOUT)
+        self.force_close()
+
+
+def _peer(transport: asyncio.BaseTransport) -> str | None:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return f"{peer[0]}:{peer[1]}"
+    return None
+
+
+class HandlerFactory:
+    """What a listener calls for each accepted connection: a GuardedHandler for the
+    runner's Server (its request handler, kwargs and shutdown), in one budget."""
+
+    def __init__(self, runner: web.BaseRunner, budget: Budget, header_timeout: float,
+                 keepalive_timeout: float) -> None:
+        server = runner.server
+        assert server is not None, "call runner.setup() first"
+        self._server = server
+        self._budget = budget
+        self._kwargs: dict[str, Any] = {**server._kwargs, "keepalive_timeout": keepalive_timeout}
+        self._header_timeout = header_timeout
+
+    def __call__(self) -> GuardedHandler:
+        return GuardedHandler(self._server, loop=self._server._loop, budget=self._budget,
+                              header_timeout=self._header_timeout, **self._kwargs)
+
+
+class LimitedTCPSite(web.TCPSite):
+    """``web.TCPSite`` whose connections are made by a HandlerFactory."""
+
+    __slots__ = ("_factory",)
+
+    def __init__(self, runner: web.BaseRunner, host: str | None, port: int | None, *,
+                 factory: HandlerFactory, **kwargs: Any) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self._factory = factory
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        self._server = await asyncio.get_running_loop().create_server(
+            self._factory, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+
+class LimitedUnixSite(web.UnixSite):
+    """``web.UnixSite`` whose connections are made by a HandlerFactory."""
+
+    __slots__ = ("_factory",)
+
+    def __init__(self, runner: web.BaseRunner, path: str, *, factory: HandlerFactory,
+                 **kwargs: Any) -> None:
+        super().__init__(runner, path, **kwargs)
+        self._factory = factory
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            self._factory, self._path, ssl=self._ssl_context, backlog=self._backlog)
+
+
+class LimitedSockSite(web.SockSite):
+    """``web.SockSite`` (a socket passed by systemd) whose connections are made by a
+    HandlerFactory."""
+
+    __slots__ = ("_factory",)
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, *, factory: HandlerFactory,
+                 **kwargs: Any) -> None:
+        super().__init__(runner, sock, **kwargs)
+        self._factory = factory
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        self._server = await asyncio.get_running_loop().create_server(
+            self._factory, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int
+    socket_max_connections: int
+    header_timeout: float
+    keepalive_timeout: float
+
+    @classmethod
+    def from_config(cls, config: Config, nofile: int | None = None) -> Limits:
+        """The configured limits; with ``nofile`` (the soft RLIMIT_NOFILE), the TCP budget
+        lowered if descriptors could not back both budgets."""
+        tcp = config.max_connections
+        if nofile is not None:
+            room = nofile - config.socket_max_connections - FD_RESERVE
+            if tcp > room:
+                lowered = max(MIN_TCP_BUDGET, room)
+                log.warning("http.tcp_budget_lowered", max_connections=tcp, lowered_to=lowered,
+                            nofile=nofile, socket_max_connections=config.socket_max_connections,
+                            hint="raise LimitNOFILE (ulimit -n) or lower max_connections")
+                tcp = lowered
+        return cls(tcp, config.socket_max_connections, config.header_timeout,
+                   config.keepalive_timeout)
+
+
+class Connections:
+    """The two budgets (TCP, Unix socket) and the sites that draw on them."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.tcp = Budget("tcp", limits.max_connections)
+        self.unix = Budget("unix", limits.socket_max_connections)
+
+    def _factory(self, runner: web.BaseRunner, budget: Budget) -> HandlerFactory:
+        return HandlerFactory(runner, budget, self.limits.header_timeout,
+                              self.limits.keepalive_timeout)
+
+    def tcp_site(self, runner: web.BaseRunner, host: str, port: int, **kwargs: Any) -> LimitedTCPSite:
+        return LimitedTCPSite(runner, host, port, factory=self._factory(runner, self.tcp), **kwargs)
+
+    def unix_site(self, runner: web.BaseRunner, path: str, **kwargs: Any) -> LimitedUnixSite:
+        return LimitedUnixSite(runner, path, factory=self._factory(runner, self.unix), **kwargs)
+
+    def sock_site(self, runner: web.BaseRunner, sock: socket.socket, **kwargs: Any) -> LimitedSockSite:
+        """A socket passed by systemd: a Unix one draws on the socket budget, others on TCP's."""
+        budget = self.unix if sock.family == socket.AF_UNIX else self.tcp
+        return LimitedSockSite(runner, sock, factory=self._factory(runner, budget), **kwargs)

@@ -1,0 +1,54 @@
+"""What a streaming handler does when its connection ends early.
+
+A client that goes away mid-stream (an SSE reader closing its tab, ``curl``
+interrupted during a follow) is normal, not an error. aiohttp raises
+``ClientConnectionResetError`` (a ConnectionResetError) at the handler's next
+write; left to propagate, the edge middleware would log it as an unhandled
+exception and aiohttp as "Error handling request", both with a traceback.
+Streaming handlers catch ConnectionError and ask :func:`client_gone`.
+
+Kept apart from :mod:`.connections` (the per-connection protocol) so that
+handlers do not import the protocol layer.
+"""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger("stablehand.http")
+
+
+def headers_only(request: web.BaseRequest) -> bool:
+    """A HEAD request: a streaming handler prepares its response and writes no body (aiohttp
+    drops the framing of a HEAD response but not the bytes a handler writes)."""
+    return request.method == "HEAD"
+
+
+def gone(request: web.BaseRequest) -> bool:
+    """Whether the request's connection is closed or closing (its client left)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def client_gone(request: web.BaseRequest) -> bool:
+    """Whether a ConnectionError just raised in a streaming handler means its client left.
+
+    aiohttp raises ``ClientConnectionResetError`` (a ConnectionResetError) when
+    a handler writes to a connection that is closing or gone. If that is the
+    case, this logs ``http.client_gone`` at debug and returns True: the handler
+    should return its (already prepared) response, and aiohttp then ends the
+    request quietly. Otherwise the error came from something else and the
+    handler must re-raise it.
+    """
+    if not gone(request):
+        return False
+    log.debug("http.client_gone", method=request.method, path=request.path)
+    return True
+
+
+def cut_short(request: web.BaseRequest, reason: str) -> None:
+    """Close a response's connection before its promised body is complete, so the client
+    sees a short body (an error) rather than wrong bytes. Logged as ``http.cut_short``."""
+    log.info("http.cut_short", method=request.method, path=request.path, reason=reason)
+    request.protocol.force_close()
