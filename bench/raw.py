@@ -41,7 +41,7 @@ async def measure(n: int, churn: int) -> dict[str, float]:
     spawn_ms = (time.perf_counter() - began) * 1000
     began = time.perf_counter()
     waits = [asyncio.ensure_future(_exit_of(loop, pid, fd)) for pid, fd in children]
-    for pid, fd in children:
+    for _pid, fd in children:
         signal.pidfd_send_signal(fd, signal.SIGTERM)
     await asyncio.gather(*waits)
     kill_ms = (time.perf_counter() - began) * 1000

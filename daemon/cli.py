@@ -6,9 +6,12 @@ tables, or JSON with ``--json``.
 
 Exit codes: ``serve``: 0 clean stop, 78 (EX_CONFIG) for a bad setting (the
 message names it), 1 when the daemon cannot start otherwise. Clients: 0 done,
-1 the daemon answered with an error (printed), 69 (EX_UNAVAILABLE) no daemon
-answered; ``wait`` and ``run --wait`` exit with the child's own exit code
-(128+N when signal N ended it, 1 when it failed without one).
+1 the daemon answered with an error (printed), 2 a bad command line, 69
+(EX_UNAVAILABLE) no daemon answered or it went away during ``logs -f``,
+``events`` or ``run --wait``; ``run`` exits 1 when the program could not be
+started (the error is printed); ``wait`` and ``run --wait`` exit with the
+child's own exit code (128+N when signal N ended it, 1 when it failed without
+one), 130 when a third Ctrl-C leaves ``run --wait`` early.
 """
 
 from __future__ import annotations
@@ -25,17 +28,18 @@ if TYPE_CHECKING:
 # alone (no structlog, aiohttp, aiosqlite, psutil), so `serve` imports its own needs.
 
 
-def _serve_parser(sub: argparse._SubParsersAction) -> None:
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser("serve", help="run the daemon in the foreground (systemd's way)")
     serve.add_argument("--config", metavar="FILE", help="TOML config file")
-    serve.add_argument("--listen", metavar="HOST:PORT", help="TCP address (default 127.0.0.1:9371; 'none' turns TCP off)")
+    serve.add_argument("--listen", metavar="HOST:PORT",
+                       help="TCP address (default 127.0.0.1:9371; 'none' turns TCP off)")
     serve.add_argument("--socket", metavar="PATH", help="Unix socket path ('none' turns it off)")
     serve.add_argument("--state-dir", metavar="DIR", help="where the SQLite registry and output live")
     serve.add_argument("--token-file", metavar="FILE",
                        help="file holding the API bearer token (default: <state dir>/token, made on "
                             "first start; 'none': no token, loopback only)")
     serve.add_argument("--max-concurrent", metavar="N", help="running children at once (0 = no limit)")
-    serve.add_argument("--grace", metavar="SECONDS", help="default time between SIGTERM and SIGKILL (10)")
+    serve.add_argument("--grace", metavar="SECONDS", help="default seconds between SIGTERM and SIGKILL (10)")
     serve.add_argument("--shutdown", metavar="MODE", help="on SIGTERM: 'stop' children (default) or 'detach'")
     serve.add_argument("--log-format", metavar="FORMAT", help="auto, json or console")
     serve.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
@@ -43,7 +47,13 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stablehand", description="Stablehand process supervisor")
+    from . import __version__
+    parser = argparse.ArgumentParser(
+        prog="stablehand", description="Stablehand process supervisor",
+        epilog="exit codes: 0 done; 1 the daemon answered with an error, or `run` could not start "
+               "the program; 2 bad usage; 69 no daemon answered (or it went away mid-stream); "
+               "`wait` and `run --wait`: the child's own code, 128+N for signal N.")
+    parser.add_argument("--version", action="version", version=f"stablehand {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
     sub.add_parser("keeper", help="hold the children of one state dir (the daemon starts it; "
@@ -58,8 +68,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from . import config as config_module
     from . import logs, systemd
-    from .registry import RegistryError
-    from .service import StartupError, serve
+    from .errors import StablehandError
+    from .service import serve
     flags = {key: getattr(args, key) for key in config_module.SETTINGS if hasattr(args, key)}
     sd = systemd.take_environment()
     try:
@@ -74,7 +84,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except config_module.ConfigError as exc:  # found at start-up: the default token file
         print(f"stablehand: {exc}", file=sys.stderr)
         return config_module.EX_CONFIG
-    except (StartupError, RegistryError) as exc:
+    except StablehandError as exc:  # StartupError, RegistryError, StateDirError...
         print(f"stablehand: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -4,77 +4,184 @@ Over TCP the commands find the daemon's token by themselves (``--token-file``,
 $STABLEHAND_TOKEN_FILE, $STABLEHAND_TOKEN, else the daemon's ``<state dir>/token``
 for a loopback URL: see :func:`daemon.tokens.find`). ``stablehand token`` prints
 that token, for curl and other clients.
+
+``run`` runs where the caller is, with the caller's environment: the daemon's
+API stays explicit (an absolute ``cwd``, an ``env`` to add), so the CLI sends
+them. Decisions:
+
+* The working directory is the shell's ``$PWD`` when it names the current
+  directory (so a symlinked path stays as the user sees it), else the real
+  path; a relative ``--cwd`` is taken from there.
+* The environment sent is the caller's, minus what describes the caller's own
+  process to its own supervisor (``NOTIFY_SOCKET``, ``LISTEN_*``,
+  ``WATCHDOG_*``) and Stablehand's own variables (``STABLEHAND_*``: a token
+  must not reach a child), with ``PWD`` set to the child's directory. ``--env
+  KEY`` names a variable to pass anyway. The daemon adds what it sends to its
+  own environment, so with ``--clean-env`` a child still sees the daemon's
+  variables (PATH, HOME of the daemon's user), just none of the caller's.
+* The daemon keeps a record's environment in its registry (never served back).
+
+``ps`` lists every state, newest first, as the API does (not only the running
+ones, as ``docker ps`` does: a supervisor's finished jobs are what people look
+up); ``--state`` takes a state or an exit state, ``--all`` fetches every page,
+and a footer on stderr says how many rows ``--limit`` left out.
+
+Human output by default; ``--json`` (on the commands that print a record or a
+table) prints the API's JSON untouched.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
+import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from . import tokens
-from .client import ApiError, Client, ConnectionFailed
+from .cli_format import ps_table, show_view
+from .cli_stream import EX_UNAVAILABLE, attach, exit_code_of, not_started_error, print_events, print_logs, say
+from .client import ApiError, Client, ConnectionFailed, StreamBroken
 
-EX_UNAVAILABLE = 69
+__all__ = ["EX_UNAVAILABLE", "add_client_commands", "exit_code_of", "run_client"]
+
+STATES = ("queued", "running", "terminating", "idle")
+EXIT_STATES = ("success", "failed", "timeout", "canceled")
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000                 # the API's largest page
+PRIVATE_ENV_PREFIXES = ("LISTEN_", "WATCHDOG_", "STABLEHAND_")
+PRIVATE_ENV_NAMES = frozenset({"NOTIFY_SOCKET"})
+ID_HELP = "the process id (run and ps print it)"
 
 
-def add_client_commands(sub: argparse._SubParsersAction) -> None:
+class UsageError(Exception):
+    """A command line that cannot be sent (exit 2, like argparse's own errors)."""
+
+
+def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--socket", metavar="PATH", help="the daemon's Unix socket")
-    common.add_argument("--url", metavar="URL", help="the daemon's TCP URL, e.g. http://127.0.0.1:9371")
+    common.add_argument("--socket", metavar="PATH",
+                        help="the daemon's Unix socket (default: $STABLEHAND_SOCKET, else the "
+                             "daemon's default socket if it exists, else TCP)")
+    common.add_argument("--url", metavar="URL",
+                        help="the daemon's TCP URL, e.g. http://127.0.0.1:9371 (default: $STABLEHAND_URL)")
     common.add_argument("--token-file", metavar="FILE",
                         help="bearer token file (default for TCP: the daemon's own, found by "
                              "itself; 'none': send no token)")
-    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print the API's JSON record instead")
 
-    run = sub.add_parser("run", parents=[common], help="start a process: run [options] -- CMD ARGS...")
-    run.add_argument("--ref")
-    run.add_argument("--timeout", type=float)
-    run.add_argument("--grace", type=float)
-    run.add_argument("--cwd")
-    run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
-    run.add_argument("--wait", action="store_true", help="wait for it and exit with its exit code")
-    run.add_argument("argv", nargs=argparse.REMAINDER)
+    _run_parser(sub, common)
+    _ps_parser(sub, common)
 
-    ps = sub.add_parser("ps", parents=[common], help="list processes, newest first")
-    ps.add_argument("--state", choices=["queued", "running", "idle", "terminating"])
-    ps.add_argument("--ref")
-    ps.add_argument("--limit", type=int, default=50)
+    sub.add_parser("show", parents=[common, as_json], help="one process record, readable"
+                   ).add_argument("id", type=int, metavar="ID", help=ID_HELP)
+    sub.add_parser("kill", parents=[common, as_json],
+                   help="stop a process: SIGTERM to its tree, SIGKILL after its grace"
+                   ).add_argument("id", type=int, metavar="ID", help=ID_HELP)
+    sub.add_parser("rm", parents=[common], help="forget an idle process and its output"
+                   ).add_argument("id", type=int, metavar="ID", help=ID_HELP)
 
-    for name, text in (("show", "one process record"), ("kill", "stop a process (SIGTERM, grace, SIGKILL)"),
-                       ("rm", "forget an idle process and its output")):
-        sub.add_parser(name, parents=[common], help=text).add_argument("id", type=int)
-
-    stop = sub.add_parser("stop", parents=[common], help="graceful stop with a chosen signal and grace")
-    stop.add_argument("id", type=int)
-    stop.add_argument("--grace", type=float)
-    stop.add_argument("--signal")
+    stop = sub.add_parser("stop", parents=[common, as_json],
+                          help="graceful stop with a chosen signal and grace, then SIGKILL")
+    stop.add_argument("id", type=int, metavar="ID", help=ID_HELP)
+    stop.add_argument("--grace", type=float, metavar="SECONDS",
+                      help="seconds between the signal and SIGKILL (default: the process's own)")
+    stop.add_argument("--signal", metavar="SIGNAL", help="the first signal, e.g. SIGINT (default SIGTERM)")
 
     sig = sub.add_parser("signal", parents=[common], help="deliver a signal (state unchanged)")
-    sig.add_argument("id", type=int)
-    sig.add_argument("signal")
-    sig.add_argument("--group", action="store_true")
+    sig.add_argument("id", type=int, metavar="ID", help=ID_HELP)
+    sig.add_argument("signal", metavar="SIGNAL", help="a name like SIGUSR1 or HUP, or a number")
+    sig.add_argument("--group", action="store_true", help="signal its whole process group")
 
-    logs = sub.add_parser("logs", parents=[common], help="print captured output")
-    logs.add_argument("id", type=int)
-    logs.add_argument("-f", "--follow", action="store_true")
-    logs.add_argument("--stderr", action="store_true")
+    _logs_parser(sub, common)
 
-    wait = sub.add_parser("wait", parents=[common], help="wait until idle; exit with the child's code")
-    wait.add_argument("id", type=int)
-    wait.add_argument("--timeout", type=float)
+    wait = sub.add_parser("wait", parents=[common, as_json],
+                          help="wait until idle; exit with the child's code (128+N for signal N)")
+    wait.add_argument("id", type=int, metavar="ID", help=ID_HELP)
+    wait.add_argument("--timeout", type=float, metavar="SECONDS",
+                      help="give up after this many seconds (exit 124; default: wait forever)")
 
-    events = sub.add_parser("events", parents=[common], help="print state changes as they happen")
-    events.add_argument("--id", type=int)
-    events.add_argument("--ref")
+    events = sub.add_parser("events", parents=[common],
+                            help="print state changes as they happen: time, id, ref, state, "
+                                 "exit state, command")
+    events.add_argument("--id", type=int, metavar="ID", help="only this process's changes")
+    events.add_argument("--ref", metavar="REF", help="only processes with this ref")
+    events.add_argument("--json", action="store_true", help="one JSON event per line instead")
 
     token = sub.add_parser("token", help="print the daemon's API token (from <state dir>/token)")
     token.add_argument("--state-dir", metavar="DIR",
                        help="the daemon's state dir (default: $STABLEHAND_STATE_DIR, else the "
                             "daemon's default)")
+
+
+def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                common: argparse.ArgumentParser) -> None:
+    run = sub.add_parser(
+        "run", parents=[common], help="start a process here: run [options] -- CMD ARGS...",
+        description="Start CMD under the daemon, in this directory with this environment; "
+                    "print its id. With --wait (or -a) stream its stdout and stderr here and "
+                    "exit with its code: Ctrl-C sends it SIGINT, a second Ctrl-C stops it.")
+    run.add_argument("--ref", metavar="REF", help="a name of your own for it (ps and events filter by it)")
+    run.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="stop it after this many seconds (exit state 'timeout')")
+    run.add_argument("--grace", type=float, metavar="SECONDS",
+                     help="seconds between SIGTERM and SIGKILL when it is stopped (default: the daemon's)")
+    run.add_argument("--cwd", metavar="DIR",
+                     help="working directory (default: this one; a relative DIR is taken from here)")
+    run.add_argument("--env", action="append", default=[], metavar="KEY[=VALUE]",
+                     help="set KEY=VALUE, or pass this shell's KEY (an error if it is unset); repeatable")
+    run.add_argument("--clean-env", action="store_true",
+                     help="send none of this shell's environment, only --env (the child still has "
+                          "the daemon's own)")
+    run.add_argument("--wait", "-a", "--attach", dest="attach", action="store_true",
+                     help="stream its stdout and stderr here until it ends, then exit with its code "
+                          "(the id goes to stderr)")
+    run.add_argument("--json", action="store_true",
+                     help="print the record as JSON (with --wait: the final record; no output streamed)")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
+                     help="the program and its arguments")
+
+
+def _ps_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+               common: argparse.ArgumentParser) -> None:
+    ps = sub.add_parser(
+        "ps", parents=[common], help="list processes, newest first",
+        description="List processes, newest first: ID, REF, STATE, EXIT (exit code, signal, or "
+                    "why it failed), AGE/DURATION (queued: since created; running: since started; "
+                    "idle: how long it ran), COMMAND (cut to the terminal's width).")
+    ps.add_argument("--state", choices=STATES + EXIT_STATES, metavar="STATE",
+                    help="only this state (queued, running, terminating, idle) or exit state "
+                         "(success, failed, timeout, canceled)")
+    ps.add_argument("--ref", metavar="REF", help="only processes with this ref")
+    ps.add_argument("--limit", type=int, metavar="N",
+                    help=f"at most N rows (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})")
+    ps.add_argument("--cursor", metavar="ID", help="start below this id (the footer gives it)")
+    ps.add_argument("--all", action="store_true", help="every matching process, all pages")
+    ps.add_argument("--json", action="store_true",
+                    help='print the API\'s page as JSON: {"processes": [...], "next": ...}')
+
+
+def _logs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                 common: argparse.ArgumentParser) -> None:
+    logs = sub.add_parser(
+        "logs", parents=[common], help="print a process's captured stdout and stderr",
+        description="Print a process's captured output: both streams, each to its own fd "
+                    "(stdout, then stderr: the daemon keeps no arrival times yet, so they are not "
+                    "interleaved); one stream picked alone goes to stdout.")
+    which = logs.add_mutually_exclusive_group()
+    which.add_argument("--stdout", action="store_true", help="only its stdout")
+    which.add_argument("--stderr", action="store_true", help="only its stderr (printed to stdout)")
+    logs.add_argument("id", type=int, metavar="ID", help=ID_HELP)
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="keep printing until it is idle; starts from the last 10 lines")
+    start = logs.add_mutually_exclusive_group()
+    start.add_argument("--tail", type=int, metavar="N", help="only the last N lines of each stream")
+    start.add_argument("--from-start", action="store_true", help="with -f: replay everything first")
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -87,57 +194,16 @@ def print_token(args: argparse.Namespace) -> int:
     try:
         print(tokens.read_plain(path))
     except FileNotFoundError:
-        print(f"stablehand: no token at {path}: the daemon creates it on its first start "
-              "(`stablehand serve`); a daemon started with --token-file uses that file instead",
-              file=sys.stderr)
+        say(f"no token at {path}: the daemon creates it on its first start (`stablehand serve`); "
+            "a daemon started with --token-file uses that file instead")
         return 1
     except OSError as exc:
-        print(f"stablehand: cannot read {path}: {exc.strerror} (it is the daemon user's: "
-              "run this as that user)", file=sys.stderr)
+        say(f"cannot read {path}: {exc.strerror} (it is the daemon user's: run this as that user)")
         return 1
     except tokens.TokenFileError as exc:
-        print(f"stablehand: {exc}", file=sys.stderr)
+        say(str(exc))
         return 1
     return 0
-
-
-def exit_code_of(record: dict[str, Any]) -> int:
-    """What `wait` exits with: the child's own code, 128+signal, or 1 for a failure without one."""
-    if record["state"] != "idle":
-        return 124
-    if record.get("exitCode") is not None:
-        return int(record["exitCode"])
-    if record.get("exitSignal"):
-        import signal
-        try:
-            return 128 + int(signal.Signals[record["exitSignal"]])
-        except KeyError:
-            return 1
-    return 0 if record.get("exitState") == "success" else 1
-
-
-def _table(records: list[dict[str, Any]]) -> str:
-    rows = [("ID", "STATE", "EXIT", "PID", "REF", "CREATED", "COMMAND")]
-    for r in records:
-        exit_text = r["exitState"] or ""
-        if r.get("exitCode") not in (None, 0):
-            exit_text += f"({r['exitCode']})"
-        elif r.get("exitSignal"):
-            exit_text += f"({r['exitSignal']})"
-        command = r.get("command") or " ".join(r.get("argv") or [])
-        rows.append((str(r["id"]), r["state"], exit_text, str(r.get("pid") or ""), r.get("ref") or "",
-                     r["createdAt"][:19].replace("T", " "), command[:60]))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1]
-                     for row in rows)
-
-
-def _show(record: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(record, indent=2))
-        return
-    for key, value in record.items():
-        print(f"{key:>15}: {value if value is not None else '-'}")
 
 
 def run_client(args: argparse.Namespace) -> int:
@@ -146,54 +212,62 @@ def run_client(args: argparse.Namespace) -> int:
     try:
         client = _client(args)
     except OSError as exc:
-        print(f"stablehand: cannot read token file {exc.filename}: {exc.strerror}", file=sys.stderr)
+        say(f"cannot read token file {exc.filename}: {exc.strerror}")
         return 1
     except tokens.TokenFileError as exc:
-        print(f"stablehand: {exc}", file=sys.stderr)
+        say(str(exc))
         return 1
     try:
         return _dispatch(args, client)
+    except UsageError as exc:
+        say(str(exc))
+        return 2
+    except StreamBroken as exc:
+        say(str(exc))
+        return EX_UNAVAILABLE
     except ConnectionFailed as exc:
-        print(f"stablehand: {exc}", file=sys.stderr)
+        say(str(exc))
         return EX_UNAVAILABLE
     except ApiError as exc:
-        print(f"stablehand: {exc.message} (HTTP {exc.status})", file=sys.stderr)
+        say(f"{exc.message} (HTTP {exc.status})")
         return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        _quiet_stdout()
         return 0
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe (``stablehand logs 1 | head``), keep the interpreter's final flush
+    from printing a traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
 
 
 def _dispatch(args: argparse.Namespace, client: Client) -> int:
     command = args.command
     if command == "run":
-        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-        if not argv:
-            print("stablehand: run needs a command: stablehand run [options] -- CMD ARGS...", file=sys.stderr)
-            return 2
-        env = dict(item.split("=", 1) for item in args.env if "=" in item)
-        record = client.start(argv, ref=args.ref, timeout=args.timeout, grace=args.grace,
-                              cwd=args.cwd, env=env or None)
-        if args.wait:
-            record = client.wait(record["id"])
-            if args.json:
-                _show(record, True)
-            return exit_code_of(record)
-        print(json.dumps(record, indent=2) if args.json else record["id"])
-        return 0
+        return _run(args, client)
     if command == "ps":
-        page = client.list(state=args.state, ref=args.ref, limit=args.limit)
-        print(json.dumps(page, indent=2) if args.json else _table(page["processes"]))
-        return 0
+        return _ps(args, client)
     if command == "show":
-        _show(client.get(args.id), args.json)
+        record = client.get(args.id)
+        if args.json:
+            _print_json(record)
+        else:
+            print(show_view(record, dt.datetime.now(dt.UTC)))
         return 0
     if command in ("kill", "stop"):
         record = client.kill(args.id) if command == "kill" else \
             client.stop(args.id, grace=args.grace, signal=args.signal)
         if args.json:
-            _show(record, True)
+            _print_json(record)
         else:
             print(f"{args.id} {record['state']}")
         return 0
@@ -205,23 +279,131 @@ def _dispatch(args: argparse.Namespace, client: Client) -> int:
         client.delete(args.id)
         return 0
     if command == "logs":
-        stream = "stderr" if args.stderr else "stdout"
-        out = sys.stdout.buffer
-        chunks = client.follow(args.id, stream) if args.follow else [client.output(args.id, stream)]
-        for chunk in chunks:
-            out.write(chunk)
-            out.flush()
-        return 0
+        streams = ["stdout"] if args.stdout else ["stderr"] if args.stderr else ["stdout", "stderr"]
+        if args.tail is not None and args.tail < 0:
+            raise UsageError("--tail needs a number of lines, 0 or more")
+        if args.from_start and not args.follow:
+            raise UsageError("--from-start goes with -f (without -f everything is printed)")
+        return print_logs(client, args.id, streams, args.tail, args.follow, args.from_start)
     if command == "wait":
         record = client.wait(args.id, args.timeout)
         if args.json:
-            _show(record, True)
+            _print_json(record)
         return exit_code_of(record)
     if command == "events":
-        for event in client.events(args.id, args.ref):
-            if args.json:
-                print(json.dumps(event), flush=True)
-            else:
-                print(f"{event['id']:>6}  {event['state']:<12} {event['exitState'] or ''}", flush=True)
-        return 0
+        return print_events(client, args.id, args.ref, args.json)
     return 2
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+def caller_cwd(environ: Mapping[str, str]) -> str:
+    """This shell's directory: $PWD when it names the current directory, else the real path."""
+    try:
+        real = os.getcwd()
+    except FileNotFoundError:
+        raise UsageError("the current directory no longer exists; give one with --cwd") from None
+    logical = environ.get("PWD", "")
+    if logical.startswith("/"):
+        try:
+            if os.path.samefile(logical, real):
+                return logical
+        except OSError:
+            pass
+    return real
+
+
+def resolve_cwd(given: str | None, environ: Mapping[str, str]) -> str:
+    base = caller_cwd(environ)
+    if given is None:
+        return base
+    return os.path.normpath(os.path.join(base, os.path.expanduser(given)))
+
+
+def child_env(specs: list[str], clean: bool, environ: Mapping[str, str], cwd: str) -> dict[str, str]:
+    """The ``env`` a run sends (see the module's docstring)."""
+    env: dict[str, str] = {}
+    if not clean:
+        env = {key: value for key, value in environ.items()
+               if key not in PRIVATE_ENV_NAMES and not key.startswith(PRIVATE_ENV_PREFIXES)}
+        if "PWD" in env:
+            env["PWD"] = cwd
+    for spec in specs:
+        name, has_value, value = spec.partition("=")
+        if not name:
+            raise UsageError(f"--env {spec!r}: a variable name is missing (--env KEY=VALUE or --env KEY)")
+        if has_value:
+            env[name] = value
+        elif name in environ:
+            env[name] = environ[name]
+        else:
+            raise UsageError(f"--env {name}: {name} is not set here; give it a value with "
+                             f"--env {name}=VALUE")
+    return env
+
+
+def _run(args: argparse.Namespace, client: Client) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise UsageError("run needs a command: stablehand run [options] -- CMD ARGS...")
+    cwd = resolve_cwd(args.cwd, os.environ)
+    env = child_env(args.env, args.clean_env, os.environ, cwd)
+    record = client.start(argv, ref=args.ref, timeout=args.timeout, grace=args.grace, cwd=cwd,
+                          env=env or None)
+    process_id = record["id"]
+    error = not_started_error(record)
+    if not args.attach or error is not None:
+        if args.json:
+            _print_json(record)
+        elif not args.attach:
+            print(process_id, flush=True)
+        if error is not None:
+            say(f"process {process_id} failed: {error}")
+            return exit_code_of(record)
+        return 0
+    say(f"process {process_id} {record['state']}")
+    try:
+        code, final = attach(client, record, stream_output=not args.json)
+    except ConnectionFailed as exc:
+        say(f"lost the daemon while waiting for process {process_id} ({exc}); it may still be running")
+        return EX_UNAVAILABLE
+    if args.json and final is not None:
+        _print_json(final)
+    return code
+
+
+# --- ps ------------------------------------------------------------------------------------------
+
+def _ps(args: argparse.Namespace, client: Client) -> int:
+    if args.all and (args.limit is not None or args.cursor is not None):
+        raise UsageError("--all lists every page: it goes without --limit and --cursor")
+    limit = DEFAULT_LIMIT if args.limit is None else args.limit
+    if not 1 <= limit <= MAX_LIMIT:
+        raise UsageError(f"--limit must be 1 to {MAX_LIMIT}")
+    filters: dict[str, Any] = {"ref": args.ref}
+    if args.state in EXIT_STATES:
+        filters["exit_state"] = args.state
+    else:
+        filters["state"] = args.state
+    if args.all:
+        records: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = client.list(limit=MAX_LIMIT, cursor=cursor, **filters)
+            records += page["processes"]
+            if not (cursor := page.get("next")):
+                break
+        page = {"processes": records, "next": None}
+    else:
+        page = client.list(limit=limit, cursor=args.cursor, **filters)
+    if args.json:
+        _print_json(page)
+        return 0
+    width = shutil.get_terminal_size((0, 0)).columns if sys.stdout.isatty() or "COLUMNS" in os.environ \
+        else 0
+    print(ps_table(page["processes"], dt.datetime.now(dt.UTC), width or None), flush=True)
+    if page.get("next"):
+        rest = client.list(limit=MAX_LIMIT, cursor=page["next"], **filters)
+        count = f"{len(rest['processes'])}{'+' if rest.get('next') else ''}"
+        print(f"{count} more; use --limit N, --cursor {page['next']} or --all", file=sys.stderr)
+    return 0

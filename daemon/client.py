@@ -49,6 +49,10 @@ class ConnectionFailed(Exception):
     """Nothing answered at the socket or URL that was tried."""
 
 
+class StreamBroken(ConnectionFailed):
+    """A streamed answer (output, events) ended before its end: the daemon went away."""
+
+
 def default_target() -> tuple[Path | None, str | None]:
     """(socket path, base URL) a client uses when given neither: $STABLEHAND_SOCKET /
     $STABLEHAND_URL, else the daemon's default socket if it exists, else TCP on 9371."""
@@ -103,7 +107,7 @@ class Client:
     def target(self) -> str:
         return f"unix socket {self.socket_path}" if self.socket_path else f"{self.url}"
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -123,6 +127,8 @@ class Client:
               timeout: float | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         headers = {}
         data = raw
+        if raw is not None:
+            headers["Content-Type"] = "application/octet-stream"
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
@@ -167,32 +173,39 @@ class Client:
         finally:
             conn.close()
 
+    def _record(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> dict[str, Any]:
+        """A call whose answer is a JSON object (a record, a page)."""
+        record: dict[str, Any] = self.request(method, path, body, raw)[1]
+        return record
+
     # --- the API ---
 
     def start(self, argv: Sequence[str] | None = None, *, command: str | None = None,
               **options: Any) -> dict[str, Any]:
         body: dict[str, Any] = {"argv": list(argv)} if argv is not None else {"command": command}
         body.update({k: v for k, v in options.items() if v is not None})
-        return self.request("POST", "/processes", body)[1]
+        return self._record("POST", "/processes", body)
 
     def list(self, state: str | None = None, ref: str | None = None, limit: int = 100,
-             cursor: str | None = None) -> dict[str, Any]:
-        query = {k: v for k, v in {"state": state, "ref": ref, "limit": limit, "cursor": cursor}.items()
-                 if v is not None}
-        return self.request("GET", "/processes?" + urllib.parse.urlencode(query))[1]
+             cursor: str | None = None, exit_state: str | None = None) -> dict[str, Any]:
+        """One page, newest first: ``{"processes": [...], "next": cursor or None}``."""
+        query = {k: v for k, v in {"state": state, "exitState": exit_state, "ref": ref, "limit": limit,
+                                   "cursor": cursor}.items() if v is not None}
+        return self._record("GET", "/processes?" + urllib.parse.urlencode(query))
 
     def get(self, process_id: int) -> dict[str, Any]:
-        return self.request("GET", f"/processes/{process_id}")[1]
+        return self._record("GET", f"/processes/{process_id}")
 
     def kill(self, process_id: int) -> dict[str, Any]:
-        return self.request("POST", f"/processes/{process_id}/signals/kill", {})[1]
+        return self._record("POST", f"/processes/{process_id}/signals/kill", {})
 
-    def stop(self, process_id: int, grace: float | None = None, signal: str | int | None = None) -> dict[str, Any]:
+    def stop(self, process_id: int, grace: float | None = None,
+             signal: str | int | None = None) -> dict[str, Any]:
         body = {k: v for k, v in {"grace": grace, "signal": signal}.items() if v is not None}
-        return self.request("POST", f"/processes/{process_id}/stop", body)[1]
+        return self._record("POST", f"/processes/{process_id}/stop", body)
 
     def signal(self, process_id: int, signal: str | int, group: bool = False) -> dict[str, Any]:
-        return self.request("POST", f"/processes/{process_id}/signal", {"signal": signal, "group": group})[1]
+        return self._record("POST", f"/processes/{process_id}/signal", {"signal": signal, "group": group})
 
     def delete(self, process_id: int) -> None:
         self.request("DELETE", f"/processes/{process_id}")
@@ -206,38 +219,80 @@ class Client:
             status, record = self.request("GET", f"/processes/{process_id}/wait?timeout={step:g}",
                                           ok=(408,), timeout=step + 30)
             if status == 200 or (deadline is not None and time.monotonic() >= deadline):
-                return record
+                final: dict[str, Any] = record
+                return final
 
     def output(self, process_id: int, stream: str = "stdout", offset: int = 0,
                limit: int | None = None) -> bytes:
         query = {"stream": stream, "offset": offset, **({"limit": limit} if limit else {})}
-        return self.request("GET", f"/processes/{process_id}/output?" + urllib.parse.urlencode(query))[1]
+        path = f"/processes/{process_id}/output?" + urllib.parse.urlencode(query)
+        data: bytes = self.request("GET", path)[1]
+        return data
 
-    def follow(self, process_id: int, stream: str = "stdout") -> Iterator[bytes]:
-        """Output as it is written, until the process is idle."""
-        conn, response = self._open("GET", f"/processes/{process_id}/output?stream={stream}&follow=1",
-                                    timeout=None)
+    def output_range(self, process_id: int, stream: str = "stdout") -> tuple[int, int]:
+        """(first, end) byte offsets of a stream's captured output now: bytes below ``first``
+        were dropped by the output cap, ``end`` is the size written so far (a HEAD request)."""
+        conn, response = self._open("HEAD", f"/processes/{process_id}/output?stream={stream}")
         try:
-            while chunk := response.read1(65536):
-                yield chunk
+            response.read()
+            return (int(response.getheader("X-Output-Offset", "0")),
+                    int(response.getheader("X-Output-Next", "0")))
         finally:
             conn.close()
 
+    def output_chunks(self, process_id: int, stream: str = "stdout", offset: int = 0,
+                      follow: bool = False) -> Iterator[bytes]:
+        """A stream's output from ``offset`` in chunks as they arrive, without holding it whole;
+        with ``follow`` until the process is idle. Raises :class:`StreamBroken` when the
+        answer ends short (the daemon went away)."""
+        query = urllib.parse.urlencode({"stream": stream, "offset": offset, "follow": int(follow)})
+        conn, response = self._open("GET", f"/processes/{process_id}/output?{query}",
+                                    timeout=None if follow else self.timeout)
+        try:
+            while chunk := response.read1(65536):
+                yield chunk
+        except (http.client.HTTPException, OSError) as exc:
+            raise StreamBroken(f"the daemon at {self.target} ended the output stream of process "
+                               f"{process_id} before its end ({type(exc).__name__})") from None
+        finally:
+            conn.close()
+
+    def follow(self, process_id: int, stream: str = "stdout", offset: int = 0) -> Iterator[bytes]:
+        """Output as it is written, until the process is idle."""
+        return self.output_chunks(process_id, stream, offset, follow=True)
+
     def write_stdin(self, process_id: int, data: bytes) -> int:
-        return self.request("POST", f"/processes/{process_id}/stdin", raw=data)[1]["written"]
+        return int(self._record("POST", f"/processes/{process_id}/stdin", raw=data)["written"])
 
     def close_stdin(self, process_id: int) -> None:
         self.request("POST", f"/processes/{process_id}/stdin/close")
 
     def events(self, process_id: int | None = None, ref: str | None = None) -> Iterator[dict[str, Any]]:
-        """State changes as they happen (endless)."""
+        """State changes as they happen: the ``data`` of each ``state`` event (server-sent
+        events). The stream has no end of its own: when this returns, the daemon closed it
+        (it is stopping); :class:`StreamBroken` when the connection broke."""
         query = urllib.parse.urlencode({k: v for k, v in {"id": process_id, "ref": ref}.items() if v})
         conn, response = self._open("GET", "/events" + (f"?{query}" if query else ""), timeout=None)
+        kind, data = "message", list[str]()
         try:
             for raw in response:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("data: "):
-                    yield json.loads(line[6:])
+                line = raw.decode().rstrip("\r\n")
+                if not line:                       # a blank line ends an event
+                    if data and kind in ("state", "message"):
+                        yield json.loads("\n".join(data))
+                    kind, data = "message", []
+                elif line.startswith(":"):         # a comment: the greeting, heartbeats
+                    continue
+                else:
+                    name, _, value = line.partition(":")
+                    value = value[1:] if value.startswith(" ") else value
+                    if name == "event":
+                        kind = value
+                    elif name == "data":
+                        data.append(value)
+        except (http.client.HTTPException, OSError) as exc:
+            raise StreamBroken(f"the daemon at {self.target} broke the event stream "
+                               f"({type(exc).__name__})") from None
         finally:
             conn.close()
 
@@ -254,7 +309,7 @@ class AsyncClient:
         self.token = _token(self.socket_path, url.rstrip("/") if url else None, token, token_file)
         self._session: Any = None
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         import aiohttp
         connector = aiohttp.UnixConnector(path=str(self.socket_path)) if self.socket_path else None
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -264,7 +319,8 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self._session.close()
 
-    async def request(self, method: str, path: str, body: Any = None, ok: Sequence[int] = ()) -> tuple[int, Any]:
+    async def request(self, method: str, path: str, body: Any = None,
+                      ok: Sequence[int] = ()) -> tuple[int, Any]:
         import aiohttp
         try:
             async with self._session.request(method, self.base + path, json=body) as response:
@@ -277,22 +333,32 @@ class AsyncClient:
                 return response.status, data
         except aiohttp.ClientConnectionError as exc:
             target = f"unix socket {self.socket_path}" if self.socket_path else self.base
-            raise ConnectionFailed(f"no Stablehand daemon answers at {target} ({exc}); {START_HINT}") from None
+            raise ConnectionFailed(f"no Stablehand daemon answers at {target} ({exc}); "
+                                   f"{START_HINT}") from None
+
+    async def _record(self, method: str, path: str, body: Any = None, ok: Sequence[int] = ()) -> Any:
+        return (await self.request(method, path, body, ok))[1]
 
     async def start(self, argv: Sequence[str] | None = None, *, command: str | None = None,
                     **options: Any) -> dict[str, Any]:
         body: dict[str, Any] = {"argv": list(argv)} if argv is not None else {"command": command}
         body.update({k: v for k, v in options.items() if v is not None})
-        return (await self.request("POST", "/processes", body))[1]
+        record: dict[str, Any] = await self._record("POST", "/processes", body)
+        return record
 
     async def get(self, process_id: int) -> dict[str, Any]:
-        return (await self.request("GET", f"/processes/{process_id}"))[1]
+        record: dict[str, Any] = await self._record("GET", f"/processes/{process_id}")
+        return record
 
     async def kill(self, process_id: int) -> dict[str, Any]:
-        return (await self.request("POST", f"/processes/{process_id}/signals/kill", {}))[1]
+        record: dict[str, Any] = await self._record("POST", f"/processes/{process_id}/signals/kill", {})
+        return record
 
     async def wait(self, process_id: int, timeout: float = 30.0) -> dict[str, Any]:
-        return (await self.request("GET", f"/processes/{process_id}/wait?timeout={timeout:g}", ok=(408,)))[1]
+        record: dict[str, Any] = await self._record(
+            "GET", f"/processes/{process_id}/wait?timeout={timeout:g}", ok=(408,))
+        return record
 
     async def output(self, process_id: int, stream: str = "stdout") -> bytes:
-        return (await self.request("GET", f"/processes/{process_id}/output?stream={stream}"))[1]
+        data: bytes = await self._record("GET", f"/processes/{process_id}/output?stream={stream}")
+        return data

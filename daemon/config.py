@@ -33,16 +33,20 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .output import SPARES
+from .errors import StablehandError
 from .tokens import FILE_NAME as TOKEN_FILE_NAME
 from .tokens import TokenFileError, read_private
 
 EX_CONFIG = 78
 DEFAULT_PORT = 9371
 ENV_PREFIX = "STABLEHAND_"
+# Empty stdout/stderr pairs kept ready for starts (see output.py). Defined here, not in
+# output.py, so that reading the configuration (the client does) never loads the output
+# store and its logging.
+SPARE_OUTPUTS = 256
 
 
-class ConfigError(Exception):
+class ConfigError(StablehandError):
     """A setting has a value Stablehand cannot use. ``key`` names the setting."""
 
     def __init__(self, key: str, message: str) -> None:
@@ -93,7 +97,7 @@ class Config:
     rate_burst: int = 0              # bucket size; 0 = max(1, rate_limit)
     allowed_programs: tuple[str, ...] = ()      # empty: any program
     max_output_bytes: int = 64 * 1024 * 1024    # per stream; the oldest bytes are dropped past it
-    spare_outputs: int = SPARES      # empty stdout/stderr pairs kept ready for starts (see output.py)
+    spare_outputs: int = SPARE_OUTPUTS   # empty stdout/stderr pairs kept ready for starts
     event_loop: str = "uvloop"       # uvloop | asyncio
     # Browsers and DNS rebinding (see docs/security.md): Origins that may call the API
     # (none by default), and Hosts accepted besides loopback names when no token is in force.

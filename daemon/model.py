@@ -4,17 +4,24 @@ Every state change in Stablehand goes through :func:`transition`, so the table
 below is the single place that says what may happen to a process. The supervisor
 names the event it observed; the table answers with the new state and, for a
 process that became idle, its exit state. A pair that is not in the table is a
-conflict (HTTP 409), never a silent no-op.
+conflict (HTTP 409, :class:`InvalidTransition`), never a silent no-op.
+
+Beside them: :class:`StartSpec`, a validated request to start a process, which
+becomes a :class:`Process` once the supervisor has created it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
+import json
 import operator
 import time
 from enum import StrEnum
 from typing import Any
+
+from .errors import Conflict
 
 
 class State(StrEnum):
@@ -49,8 +56,13 @@ class StopReason(StrEnum):
     TIMEOUT = "timeout"
 
 
-# States in which a process exists and holds a max_concurrent slot.
-ACTIVE_STATES = frozenset({State.RUNNING, State.TERMINATING})
+# Named groups of states: what a guard asks of a record, said once. Each is checked
+# against the table below by tests/unit/test_model.py.
+LIVE = frozenset({State.QUEUED, State.RUNNING, State.TERMINATING})  # may still change: kept in memory
+ACTIVE = frozenset({State.RUNNING, State.TERMINATING})   # a process exists and holds a max_concurrent slot
+STOPPABLE = frozenset({State.QUEUED, State.RUNNING})     # a kill is accepted (the table has it)
+SIGNALLABLE = frozenset({State.RUNNING})   # a client's signals and stdin reach it (not once being stopped)
+SETTLED = frozenset({State.IDLE})          # final: no event leaves it
 
 _NEW = None  # the "from" state of a record being created
 
@@ -71,11 +83,18 @@ TRANSITIONS: dict[tuple[State | None, Event], tuple[State, ExitState | None]] = 
 }
 
 
-class InvalidTransition(Exception):
-    """The event cannot happen to a process in its current state."""
+class InvalidTransition(Conflict):
+    """The event cannot happen to a process in its current state: a 409, never a 500.
 
-    def __init__(self, state: State | None, event: Event) -> None:
-        super().__init__(f"cannot {event.value} a process that is {state.value if state else 'new'}")
+    The supervisor checks a request against the named groups above first and
+    answers with the route's own message ("process 7 is already idle"); ``message``
+    lets a caller give that message here too. A pair that still reaches the table
+    unguarded gets the generic one.
+    """
+
+    def __init__(self, state: State | None, event: Event, message: str | None = None) -> None:
+        super().__init__(message or
+                         f"cannot {event.value} a process that is {state.value if state else 'new'}")
         self.state = state
         self.event = event
 
@@ -155,7 +174,7 @@ class Process:
 
     def columns(self) -> dict[str, Any]:
         """Every field by name, values shared (not deep-copied as dataclasses.asdict would)."""
-        return dict(zip(_FIELD_NAMES, _all_fields(self)))
+        return dict(zip(_FIELD_NAMES, _all_fields(self), strict=True))
 
     def copy(self) -> Process:
         """A shallow snapshot (argv and env shared, as dataclasses.replace would).
@@ -205,3 +224,24 @@ class Process:
 
 _FIELD_NAMES = tuple(field.name for field in dataclasses.fields(Process))
 _all_fields = operator.attrgetter(*_FIELD_NAMES)
+
+
+@dataclasses.dataclass(slots=True)
+class StartSpec:
+    """A validated request to start a process."""
+
+    argv: list[str]
+    command: str | None = None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    cwd: str | None = None
+    ref: str | None = None
+    timeout: float | None = None
+    grace: float | None = None
+    stdin: str = "null"   # "null" | "pipe"
+    stdout_mode: str = "capture"   # "capture" | "discard"
+    stderr_mode: str = "capture"
+
+    def fingerprint(self) -> str:
+        """Stable hash of the request, to tell an Idempotency-Key retry from a reuse."""
+        body = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()

@@ -31,17 +31,15 @@ import signal
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import socket
 
 import psutil
+
+from .errors import StablehandError
 
 PROC = Path("/proc")
 
 
-class SpawnError(Exception):
+class SpawnError(StablehandError):
     """The child could not be started. The message says why, for the record's ``error``."""
 
 
@@ -124,7 +122,7 @@ def is_alive(pid: int, ticks: int | None) -> bool:
     if info is None or ticks is None or info.start_ticks != ticks:
         return False
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 
@@ -307,7 +305,7 @@ def become_subreaper() -> bool:
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     PR_SET_CHILD_SUBREAPER = 36
-    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
 def write_nonblocking(fd: int, data: memoryview) -> int:
@@ -440,15 +438,6 @@ def tree_of(leader_pid: int, leader_ticks: int, leader_reaped: bool,
                 members[info.pid] = info
                 roots.append(info.pid)
     return list(members.values())
-
-
-def peer_credentials(sock: "socket.socket") -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a Unix socket (SO_PEERCRED)."""
-    import socket as socket_module
-    import struct
-    raw = sock.getsockopt(socket_module.SOL_SOCKET, socket_module.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return pid, uid, gid
 
 
 # --- signal dispositions children inherit --------------------------------------------

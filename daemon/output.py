@@ -64,8 +64,10 @@ from typing import Any, TypeVar
 
 import structlog
 
+from .config import SPARE_OUTPUTS as SPARES
+from .errors import StablehandError
+
 STREAMS = ("stdout", "stderr")
-SPARES = 256          # pairs kept ready; a burst of starts larger than this makes its own
 _BATCH = 128          # files per spare directory
 _REUSE_TRIES = 4      # finished files looked at per stream before a start creates its own
 _SPARE_DIR = ".spare"
@@ -209,8 +211,8 @@ class OutputStore:
             os.mkdir(batch, 0o700)
             files = []
             for n in range(min(_BATCH, self._spares_wanted - len(self._spares))):
-                if self._paused:
-                    break
+                if self._paused:  # set by the loop's thread meanwhile (mypy narrowed it above)
+                    break  # type: ignore[unreachable]
                 path = f"{batch}{os.sep}{n}"
                 os.close(os.open(path, _CREATE, 0o600))
                 files.append(path)
@@ -261,26 +263,6 @@ class OutputStore:
 
     # --- reading, capping, removing ---
 
-    def read(self, process_id: int, stream: str, offset: int = 0, limit: int | None = None,
-             dropped: int = 0) -> tuple[int, bytes]:
-        """(start, data): bytes from ``max(offset, dropped)``, at most ``limit`` of them.
-
-        Offsets and limits come from clients and may be anything up to 2**63 - 1:
-        an offset past the end reads nothing (lseek would refuse one past the
-        filesystem's largest file), and a limit is cut to what the file holds
-        (a read allocates its whole limit first).
-        """
-        start = max(offset, dropped)
-        try:
-            with open(self.path(process_id, stream), "rb") as handle:
-                available = os.fstat(handle.fileno()).st_size - start
-                if available <= 0:
-                    return start, b""
-                handle.seek(start)
-                return start, handle.read(available if limit is None else min(limit, available))
-        except FileNotFoundError:
-            return start, b""
-
     def reader(self, process_id: int, stream: str, dropped: Callable[[], int]) -> OutputReader:
         """A reader of one stream, in bounded chunks off the loop; ``dropped`` gives the
         stream's dropped mark at the time of each read."""
@@ -329,7 +311,7 @@ class OutputStore:
             _remove(self.path(process_id, stream))
 
 
-class OutputOverrun(Exception):
+class OutputOverrun(StablehandError):
     """Bytes a reader was streaming were dropped (the output cap) before it could read them."""
 
 
@@ -410,8 +392,8 @@ def _can_punch_holes(directory: Path) -> bool:
         return True  # cannot tell (no O_TMPFILE here): try, and log what fails
     try:
         os.write(fd, bytes(2 * _BLOCK))
-        return _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
-                               ctypes.c_long(0), ctypes.c_long(_BLOCK)) == 0
+        return bool(_libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
+                                    ctypes.c_long(0), ctypes.c_long(_BLOCK)) == 0)
     except OSError:
         return True
     finally:

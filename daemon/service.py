@@ -4,13 +4,15 @@ Start-up order (READY=1 only at the end):
   1. check the state dir (0700, ours; see :mod:`daemon.statedir`), lock it and the
      socket path (a second daemon refuses to start, before it binds or opens
      anything the first one uses), then create or read the default token;
-  2. raise RLIMIT_NOFILE; open the registry (created 0600 first; migrations);
-  3. start the supervisor (reconcile the registry with the machine, start queued);
-  4. listen: sockets passed by systemd, else TCP and the Unix socket;
-  5. sd_notify READY=1 and start the watchdog pings.
+  2. raise RLIMIT_NOFILE; set up the app, which opens the daemon's core
+     (:mod:`daemon.lifecycle`: the registry, created 0600 first, migrated; the
+     supervisor, started: the registry reconciled with the machine, queued started);
+  3. listen: sockets passed by systemd, else TCP and the Unix socket;
+  4. sd_notify READY=1 and start the watchdog pings.
 
-SIGTERM/SIGINT: STOPPING=1, stop or detach children (``shutdown`` setting),
-close listeners, close the registry, exit 0.
+SIGTERM/SIGINT: STOPPING=1, then the runner's cleanup (lifecycle.py): close the
+listeners, stop or detach children (``shutdown`` setting), give open requests
+``shutdown_timeout``, close the registry; exit 0.
 
 The socket path: a regular file (or anything but a socket) there stops start-up
 with a message naming it; a stale socket is replaced (we hold its lock, so no
@@ -37,17 +39,14 @@ from aiohttp import web
 from . import oskit, statedir, systemd, tokens
 from .config import Config, ConfigError
 from .http import connections
-from .http.app import make_app
+from .http.keys import SUPERVISOR
 from .http.middlewares import AccessLogger
-from .output import OutputStore
-from .registry import Registry
+from .lifecycle import StartupError, make_daemon_app
 from .supervisor import Supervisor
 
+__all__ = ["StartupError", "serve"]
+
 log = structlog.get_logger("stablehand.service")
-
-
-class StartupError(Exception):
-    """The daemon cannot start; the message says why and what to do."""
 
 
 def _lock(path: Path, what: str) -> int:
@@ -148,23 +147,6 @@ def _prepare_socket_dir(path: Path) -> None:
             "it alone (e.g. chmod 700); choose another --socket path")
 
 
-async def open_core(config: Config) -> tuple[Registry, Supervisor]:
-    """Open the registry and start the supervisor (also used by in-process tests)."""
-    try:
-        statedir.prepare_dir(config.state_dir)
-        statedir.prepare_registry(config.database_path)
-    except statedir.StateDirError as exc:
-        raise StartupError(str(exc)) from None
-    registry = await Registry.open(config.database_path)
-    supervisor = Supervisor(config, registry, OutputStore(config.output_dir, config.spare_outputs))
-    try:
-        await supervisor.start()
-    except BaseException:
-        await registry.close()
-        raise
-    return registry, supervisor
-
-
 async def serve(config: Config, sd: systemd.SystemdEnv) -> int:
     # 0700: the registry keeps each caller's env (often secrets) and the output files.
     try:
@@ -187,16 +169,17 @@ async def serve(config: Config, sd: systemd.SystemdEnv) -> int:
         raise
     notifier = systemd.Notifier(sd.notify_socket)
     nofile = oskit.raise_nofile_limit()
-    registry, supervisor = await open_core(config)
-    runner = web.AppRunner(make_app(config, supervisor), handle_signals=False,
-                           access_log_class=AccessLogger, shutdown_timeout=2.0)
+    app = make_daemon_app(config)
+    runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger,
+                           shutdown_timeout=2.0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     watchdog: asyncio.Task[None] | None = None
     try:
-        await runner.setup()
+        await runner.setup()  # opens the core: StartupError, RegistryError...
+        supervisor = app[SUPERVISOR]
         addresses = await _start_sites(runner, config, sd, nofile)
         if socket_path is not None:
             socket_path.bound()
@@ -212,9 +195,7 @@ async def serve(config: Config, sd: systemd.SystemdEnv) -> int:
     finally:
         if watchdog is not None:
             watchdog.cancel()
-        await supervisor.shutdown()
-        await runner.cleanup()
-        await registry.close()
+        await runner.cleanup()  # listeners, then children, open requests, registry (lifecycle.py)
         if socket_path is not None:
             socket_path.remove()
         for fd in locks:

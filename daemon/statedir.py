@@ -31,10 +31,12 @@ from pathlib import Path
 
 import structlog
 
+from .errors import StablehandError
+
 log = structlog.get_logger("stablehand.statedir")
 
 
-class StateDirError(Exception):
+class StateDirError(StablehandError):
     """The state dir or one of its files is not safe to use; the message says why."""
 
 
@@ -67,6 +69,28 @@ def prepare_dir(path: Path) -> None:
                                 f"{exc.strerror}") from None
         if mode & 0o077:
             log.warning("state_dir.tightened", path=str(path), old_mode=f"{mode:04o}", mode="0700")
+
+
+def prepare_subdir(path: Path, what: str) -> None:
+    """Create a directory inside the state dir 0700, or check an existing one.
+
+    It must be a real directory (a symlink is never followed: it could point the
+    daemon's writes anywhere) owned by the daemon's user.
+    """
+    try:
+        os.mkdir(path, 0o700)
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StateDirError(f"cannot create {what} {path}: {exc.strerror}") from None
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise StateDirError(f"{what} {path} is not a directory (a symlink is not followed); "
+                            "move it away")
+    if info.st_uid != os.geteuid():
+        raise StateDirError(f"{what} {path} is owned by uid {info.st_uid}, not by uid "
+                            f"{os.geteuid()} that runs the daemon; move it away")
 
 
 def _check_ours(path: Path, info: os.stat_result, what: str) -> None:
@@ -114,7 +138,7 @@ def prepare_registry(database: Path) -> None:
         private_file(database.with_name(database.name + suffix), "registry file", create=False)
 
 
-class LockHeld(Exception):
+class LockHeld(StablehandError):
     """Another process holds the lock; ``holder`` is the pid it wrote (or a description)."""
 
     def __init__(self, holder: str) -> None:

@@ -34,13 +34,15 @@ import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
+from .errors import StablehandError
+
 FILE_NAME = "token"
 TOKEN_BYTES = 32
 # The largest token file read (a token is one short line; anything bigger is not one).
 MAX_TOKEN_FILE = 4096
 
 
-class TokenFileError(Exception):
+class TokenFileError(StablehandError):
     """The token file cannot be used; the message names it and says what to do."""
 
 

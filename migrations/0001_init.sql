@@ -17,7 +17,8 @@ CREATE TABLE processes (
     grace             REAL,
     stdin             TEXT NOT NULL DEFAULT 'null',
     pid               INTEGER,
-    pid_start_time    REAL,                   -- psutil create_time at spawn: proves identity
+    pid_start_time    REAL,                   -- start time in clock ticks after boot (/proc/<pid>/stat
+                                              -- field 22) at spawn: with boot_id, proves identity
     boot_id           TEXT,                   -- /proc/sys/kernel/random/boot_id at spawn
     exit_code         INTEGER,
     exit_signal       TEXT,

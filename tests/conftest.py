@@ -16,8 +16,7 @@ import psutil
 import pytest
 
 from daemon.config import Config
-from daemon.http.app import make_app
-from daemon.service import open_core
+from daemon.lifecycle import CORE, make_daemon_app
 
 
 def _open_fds() -> set[int]:
@@ -79,21 +78,18 @@ async def make_daemon(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[Daem
     """Start an in-process daemon: ``client = await make_daemon(max_concurrent=2)``.
 
     The returned aiohttp test client has ``.supervisor``, ``.registry`` and ``.config``.
+    The daemon's app is the one ``stablehand serve`` runs (daemon/lifecycle.py): its core
+    opens as the test server starts and shuts down as aiohttp_client closes it.
     """
-    opened: list[Any] = []
-
     async def factory(state_dir: Path | None = None, **overrides: Any) -> Any:
         config = make_config(state_dir or tmp_path / "state", **overrides)
-        registry, supervisor = await open_core(config)
-        opened.append((registry, supervisor))
-        client = await aiohttp_client(make_app(config, supervisor))
-        client.supervisor, client.registry, client.config = supervisor, registry, config
+        app = make_daemon_app(config)
+        client = await aiohttp_client(app)
+        core = app[CORE]
+        client.supervisor, client.registry, client.config = core.supervisor, core.registry, config
         return client
 
     yield factory
-    for registry, supervisor in reversed(opened):
-        await supervisor.shutdown()
-        await registry.close()
 
 
 @pytest.fixture

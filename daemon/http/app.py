@@ -27,8 +27,10 @@ async def name_the_server(request: web.Request, response: web.StreamResponse) ->
     response.headers[hdrs.SERVER] = SERVER_SOFTWARE
 
 
-def make_app(config: Config, supervisor: Supervisor) -> web.Application:
-    """Build the app around a started supervisor (its lifecycle belongs to the caller)."""
+def make_app(config: Config, supervisor: Supervisor | None = None) -> web.Application:
+    """Build the app around a started supervisor (its lifecycle belongs to the caller), or,
+    without one, for ``lifecycle.make_daemon_app``, which opens the daemon's core when the
+    app starts and puts its supervisor under SUPERVISOR."""
     app = web.Application(
         middlewares=[middlewares.edge],
         client_max_size=config.max_body_bytes,
@@ -40,7 +42,8 @@ def make_app(config: Config, supervisor: Supervisor) -> web.Application:
     app.on_response_prepare.append(middlewares.cors_on_prepare)
     app.on_response_prepare.append(name_the_server)
     app[CONFIG] = config
-    app[SUPERVISOR] = supervisor
+    if supervisor is not None:
+        app[SUPERVISOR] = supervisor
     if config.rate_limit > 0:
         app[RATE_LIMITER] = RateLimiter(config.rate_limit, config.burst)
     app.router.add_routes(routes.routes)

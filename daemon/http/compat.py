@@ -1,4 +1,5 @@
-"""Compatibility routes: each seed document's kill route, with its exact bodies and codes.
+"""Compatibility routes: the seed documents' kill routes, with their exact bodies and codes
+(000, 001, 002; Tensorlake's, seed 003, are with the rest of its routes in tensorlake/).
 
 They address processes by OS pid. A pid maps to the newest record that ran as
 that pid, and only a record whose process is still running under it is acted
@@ -7,7 +8,7 @@ moves through ``terminating`` to ``idle``/``canceled``).
 
 A pid Stablehand did not start is never signalled unless the operator set
 ``allow_unmanaged = true``: by default 001 answers 404, 000 its 400 failure
-body, 002 403 if the process exists (404 if not), 003 404.
+body, 002 403 if the process exists (404 if not), 003 404 (see pids.py).
 
 Decisions where a document is silent:
 
@@ -19,51 +20,24 @@ Decisions where a document is silent:
 * 002: every malformed body is ``{"error": "Invalid pid"}``, the one 400 text the
   document gives; SIGTERM only, never escalated (DELETE /api/v1/processes/{pid}
   or a forced 001 can still finish such a process).
-* 003: a SIGKILL answers 204 once the process is gone; an unmanaged pid that may
-  not be signalled (with ``allow_unmanaged``) is its 500 failure body. An integer
-  that no process can have (0, -5: the fragment's pid is any int32) names no
-  process: 404, one of its documented codes; only text that is no integer is a 400.
 """
 
 from __future__ import annotations
 
-import re
 import signal
 from typing import Any
 
 from aiohttp import web
 
 from ..errors import ApiError, Conflict
-from ..model import Process, State, now_iso
-from ..supervisor import KILL_WAIT, Supervisor
-from . import parse
+from ..model import now_iso
+from . import parse, pids
 from .jsonio import json_response
-from .keys import CONFIG, SUPERVISOR
+from .keys import supervisor_of
 
 routes = web.RouteTableDef()
 
 MAX_GRACEFUL_TIMEOUT = 3600.0
-_INT32 = re.compile(r"-?[0-9]{1,10}")   # the digits of any int32 (and a few more)
-
-
-def _supervisor(request: web.Request) -> Supervisor:
-    return request.app[SUPERVISOR]
-
-
-def _allow_unmanaged(request: web.Request) -> bool:
-    return request.app[CONFIG].allow_unmanaged
-
-
-def _pid_from_path(request: web.Request) -> int | None:
-    return parse.os_pid(request.match_info["pid"])
-
-
-async def _running_record(supervisor: Supervisor, pid: int) -> tuple[Process | None, bool]:
-    """(newest record for pid, whether its process is running under that pid now)."""
-    record = await supervisor.record_for_pid(pid)
-    if record is None:
-        return None, False
-    return record, record.state is State.RUNNING and supervisor.is_live_leader(record)
 
 
 async def _body_or_none(request: web.Request) -> dict[str, Any] | None:
@@ -78,13 +52,13 @@ async def _body_or_none(request: web.Request) -> dict[str, Any] | None:
 
 @routes.post("/api/processes/terminate/{pid}")
 async def terminate(request: web.Request) -> web.Response:
-    pid = _pid_from_path(request)
+    pid = pids.from_path(request)
     if pid is None:
         return json_response({"error": f"Invalid PID: {request.match_info['pid']}"}, status=400)
-    supervisor = _supervisor(request)
-    record, running = await _running_record(supervisor, pid)
+    supervisor = supervisor_of(request)
+    record, running = await pids.running_record(supervisor, pid)
     not_found = json_response({"error": f"Process not found: PID {pid}"}, status=404)
-    if record is not None and not running:
+    if record is not None and running is None:
         return json_response({"error": f"Process already terminated: PID {pid}"}, status=400)
     body = await _body_or_none(request)
     if body is None or not isinstance(body.get("force", False), bool):
@@ -92,7 +66,7 @@ async def terminate(request: web.Request) -> web.Response:
     sig = signal.SIGKILL if body.get("force", False) else signal.SIGTERM
     try:
         if record is None:
-            if not _allow_unmanaged(request):
+            if not pids.allow_unmanaged(request):
                 return not_found
             await supervisor.signal_unmanaged(pid, sig)
         else:
@@ -112,7 +86,7 @@ async def terminate(request: web.Request) -> web.Response:
 
 @routes.post("/api/process/terminate-gracefully/{pid}")
 async def terminate_gracefully(request: web.Request) -> web.Response:
-    pid = _pid_from_path(request)
+    pid = pids.from_path(request)
     if pid is None:
         return json_response({"error": f"Invalid PID: {request.match_info['pid']}"}, status=400)
 
@@ -129,16 +103,15 @@ async def terminate_gracefully(request: web.Request) -> web.Response:
         timeout = parse.number(timeout, "timeout", maximum=MAX_GRACEFUL_TIMEOUT)
     except ApiError:
         return failed(f"Invalid timeout: must be a number of seconds from 0 to {MAX_GRACEFUL_TIMEOUT:g}")
-    supervisor = _supervisor(request)
-    record, running = await _running_record(supervisor, pid)
+    supervisor = supervisor_of(request)
+    record, running = await pids.running_record(supervisor, pid)
     try:
-        if record is None and _allow_unmanaged(request):
+        if record is None and pids.allow_unmanaged(request):
             gone = await supervisor.signal_unmanaged(pid, signal.SIGTERM, grace=timeout)
-        elif not running:
+        elif running is None:
             return failed()
         else:
-            await supervisor.stop(record.id, grace=timeout)
-            final, gone = await supervisor.wait(record.id, timeout + KILL_WAIT + 1)
+            _, gone = await supervisor.terminate(running.id, timeout)
     except (Conflict, OSError):
         return failed()
     if not gone:
@@ -153,8 +126,7 @@ def _psys_pid(body: dict[str, Any] | None) -> int | None:
     raw = None if body is None else body.get("pid")
     if isinstance(raw, bool):
         return None
-    if isinstance(raw, float) and raw.is_integer():
-        raw = int(raw)
+    raw = parse.integral(raw)
     if isinstance(raw, str):
         return parse.os_pid(raw)  # bounded before int(): 5000 digits are "Invalid pid", not a 500
     if isinstance(raw, int) and 0 < raw <= parse.MAX_PID:
@@ -167,7 +139,7 @@ async def psys_kill(request: web.Request) -> web.Response:
     pid = _psys_pid(await _body_or_none(request))
     if pid is None:
         return json_response({"error": "Invalid pid"}, status=400)
-    supervisor = _supervisor(request)
+    supervisor = supervisor_of(request)
     record = await supervisor.record_for_pid(pid)
     try:
         if record is not None and supervisor.is_live_leader(record):
@@ -175,7 +147,7 @@ async def psys_kill(request: web.Request) -> web.Response:
                 await supervisor.stop(record.id, sig=signal.SIGTERM, escalate=False)
             except Conflict:  # already being stopped: deliver the SIGTERM all the same
                 supervisor.send_signal(record.id, signal.SIGTERM, terminating_ok=True)
-        elif _allow_unmanaged(request) and record is None:
+        elif pids.allow_unmanaged(request) and record is None:
             await supervisor.signal_unmanaged(pid, signal.SIGTERM)
         elif supervisor.pid_exists(pid):
             return json_response({"error": "Permission denied"}, status=403)
@@ -188,70 +160,3 @@ async def psys_kill(request: web.Request) -> web.Response:
     except (OSError, ApiError):
         return json_response({"error": "Failed to kill process"}, status=500)
     return json_response({"ok": True})
-
-
-# --- 003: Tensorlake, DELETE /api/v1/processes/{pid} and its Send Signal -----------------
-
-def _tensorlake_error(status: int, message: str, code: str) -> web.Response:
-    return json_response({"error": message, "code": code}, status=status)
-
-
-@routes.delete("/api/v1/processes/{pid}")
-async def tensorlake_kill(request: web.Request) -> web.StreamResponse:
-    pid = _pid_from_path(request)
-    if pid is None:
-        text = request.match_info["pid"]
-        if _INT32.fullmatch(text):
-            return _tensorlake_error(404, f"process {text} not found", "not_found")
-        return _tensorlake_error(400, f"invalid pid {text!r}", "invalid_pid")
-    supervisor = _supervisor(request)
-    record = await supervisor.record_for_pid(pid)
-    live = record is not None and record.state in (State.RUNNING, State.TERMINATING) \
-        and supervisor.is_live_leader(record)
-    try:
-        if live:
-            await supervisor.force_kill(record.id)
-        elif record is None and _allow_unmanaged(request):
-            if not await supervisor.signal_unmanaged(pid, signal.SIGKILL, grace=0):
-                return _tensorlake_error(500, f"process {pid} did not exit", "kill_failed")
-        else:
-            return _tensorlake_error(404, f"process {pid} not found", "not_found")
-    except ProcessLookupError:
-        return _tensorlake_error(404, f"process {pid} not found", "not_found")
-    except OSError as exc:
-        return _tensorlake_error(500, f"failed to kill process {pid}: {exc.strerror or exc}",
-                                 "kill_failed")
-    return web.Response(status=204)
-
-
-@routes.post("/api/v1/processes/{pid}/signal")
-async def tensorlake_signal(request: web.Request) -> web.Response:
-    pid = _pid_from_path(request)
-    if pid is None:
-        return _tensorlake_error(400, f"invalid pid {request.match_info['pid']!r}", "invalid_pid")
-    body = await parse.json_object(request, required=True)
-    number = body.get("signal")
-    if isinstance(number, float) and number.is_integer():  # JSON's 15.0 is the integer 15
-        number = int(number)
-    supervisor = _supervisor(request)
-    if isinstance(number, bool) or not isinstance(number, int) or not supervisor.is_signal(number):
-        return _tensorlake_error(400, f"invalid signal {number!r}: must be a signal number",
-                                 "invalid_signal")
-    record, running = await _running_record(supervisor, pid)
-    try:
-        if running:
-            supervisor.send_signal(record.id, number)
-        elif record is None and _allow_unmanaged(request):
-            await supervisor.signal_unmanaged(pid, number)
-        elif record is None:
-            return _tensorlake_error(404, f"process {pid} not found", "not_found")
-        else:
-            return _tensorlake_error(400, f"process {pid} is not running", "not_running")
-    except Conflict:
-        return _tensorlake_error(400, f"process {pid} is not running", "not_running")
-    except ProcessLookupError:
-        return _tensorlake_error(404, f"process {pid} not found", "not_found")
-    except OSError as exc:
-        return _tensorlake_error(500, f"failed to signal process {pid}: {exc.strerror or exc}",
-                                 "signal_failed")
-    return json_response({"success": True})

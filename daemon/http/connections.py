@@ -34,6 +34,20 @@ malformed requests still get the JSON envelope) with three additions:
   counts against the cap for as long as it is open. ``http.connections_full``
   is logged at warning at most once every 10 s per budget, with how many idle
   connections were closed and how many new ones refused since the last one.
+* **Stalled connections** (issue F2): a client can pipeline thousands of
+  requests and never read the answers, so its handler waits forever for its
+  writes to drain and the connection looks busy. A connection whose transport
+  has paused writing (``pause_writing``: the kernel and transport buffers are
+  full because the client is not reading) counts as *stalled*: it is evictable
+  exactly like an idle one, and the new connection takes the place of whichever
+  has waited longest (idle since, or stalled since). An evicted stalled
+  connection is aborted (reset): closing it gracefully would wait for a flush
+  that never comes. And without any pressure, a stall longer than
+  ``keepalive_timeout`` (75 s; the time a client may stay silent between
+  requests is also the time it may stop reading) aborts the connection
+  (``http.write_stalled`` at debug), so an SSE stream or a follow whose reader
+  stopped reading does not hold its place forever. A stream whose client reads
+  never pauses writing for that long, so it is never cut.
 
 File descriptors. The daemon raises its soft ``RLIMIT_NOFILE`` to the hard
 limit at start-up (``oskit.raise_nofile_limit``). If that leaves too few for
@@ -86,13 +100,15 @@ def _raw_response(status: str, message: str, code: str) -> bytes:
 
 class Budget:
     """How many connections one kind of listener may hold open at once, and which of them
-    are idle (waiting for a request), longest idle first."""
+    are evictable: idle (waiting for a request) or stalled (the client is not reading what
+    we write), each kept in the order they became so."""
 
     def __init__(self, name: str, limit: int) -> None:
         self.name = name
         self.limit = limit
         self.open = 0
-        self._idle: dict[GuardedHandler, None] = {}   # insertion order: longest idle first
+        self._idle: dict[GuardedHandler, float] = {}     # insertion order: longest idle first
+        self._stalled: dict[GuardedHandler, float] = {}  # insertion order: longest stalled first
         self._refused = self._evicted = 0             # since the last warning
         self._warned_at = -WARN_EVERY
         self._refusal = _raw_response(
@@ -104,7 +120,7 @@ class Budget:
         """Take a place for a new connection: a free one, else the longest-idle connection's
         (which is closed), else none: answer 503 and close the new connection."""
         if self.open >= self.limit:
-            victim = next(iter(self._idle), None)
+            victim = self._victim()
             if victim is None:
                 self._refused += 1
                 self._warn()
@@ -117,15 +133,28 @@ class Budget:
         self.open += 1
         return True
 
+    def _victim(self) -> GuardedHandler | None:
+        """The connection that has waited longest, idle or stalled, if any."""
+        candidates = [next(iter(d.items())) for d in (self._idle, self._stalled) if d]
+        return min(candidates, key=lambda item: item[1])[0] if candidates else None
+
     def idle(self, handler: GuardedHandler) -> None:
         self._idle.pop(handler, None)
-        self._idle[handler] = None
+        self._idle[handler] = time.monotonic()
 
     def busy(self, handler: GuardedHandler) -> None:
         self._idle.pop(handler, None)
 
+    def stalled(self, handler: GuardedHandler) -> None:
+        self._stalled.pop(handler, None)
+        self._stalled[handler] = time.monotonic()
+
+    def flowing(self, handler: GuardedHandler) -> None:
+        self._stalled.pop(handler, None)
+
     def release(self, handler: GuardedHandler) -> None:
         self._idle.pop(handler, None)
+        self._stalled.pop(handler, None)
         self.open -= 1
 
     def _warn(self) -> None:
@@ -147,10 +176,12 @@ class GuardedHandler(JsonErrorHandler):
     """aiohttp's per-connection protocol with a budget place and a header deadline."""
 
     def __init__(self, manager: web.Server, *, loop: asyncio.AbstractEventLoop, budget: Budget,
-                 header_timeout: float, **kwargs: Any) -> None:
+                 header_timeout: float, stall_timeout: float = 0.0, **kwargs: Any) -> None:
         super().__init__(manager, loop=loop, **kwargs)
         self._budget = budget
         self._header_timeout = header_timeout
+        self._stall_timeout = stall_timeout  # <= 0: a stall is never cut without pressure
+        self._stall: asyncio.TimerHandle | None = None  # armed while writing is paused
         self._connected = False     # aiohttp's connection_made ran (so its connection_lost must)
         self._placed = False        # holds a place in the budget
         self._deadline: asyncio.TimerHandle | None = None
@@ -194,6 +225,23 @@ class GuardedHandler(JsonErrorHandler):
             if self._placed and self._request_count == self._answered:
                 self._budget.idle(self)
 
+    def pause_writing(self) -> None:
+        """The client is not reading: the connection is stalled, so evictable, and cut if it
+        stays so for longer than ``stall_timeout``."""
+        super().pause_writing()
+        if not self._connected:
+            return
+        if self._placed:
+            self._budget.stalled(self)
+        log.debug("http.write_paused", listener=self._budget.name,
+                  peer=_peer(self.transport) if self.transport is not None else None)
+        if self._stall is None and self._stall_timeout > 0:
+            self._stall = self._loop.call_later(self._stall_timeout, self._stalled_too_long)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._unstall()
+
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self._connected:
             return
@@ -202,18 +250,41 @@ class GuardedHandler(JsonErrorHandler):
         super().connection_lost(exc)
 
     def evict(self, refusal: bytes) -> None:
-        """Give this idle connection's place to a new one: close it (with a 503 if it had
-        begun a request, silently if it was only being kept alive)."""
+        """Give this idle or stalled connection's place to a new one: close it (with a 503 if
+        it had begun a request, silently if it was only being kept alive); a stalled one is
+        aborted, since a graceful close would wait for a flush that never comes."""
         transport = self.transport
-        log.debug("http.connection_evicted", listener=self._budget.name,
+        stalled = self.writing_paused
+        log.debug("http.connection_evicted", listener=self._budget.name, stalled=stalled,
                   peer=_peer(transport) if transport is not None else None)
         self._release()
-        if transport is not None and self._received:
+        if transport is not None and stalled:
+            transport.abort()
+        elif transport is not None and self._received:
             transport.write(refusal)
         self.force_close()
 
+    def _stalled_too_long(self) -> None:
+        self._stall = None
+        transport = self.transport
+        if transport is None or not self.writing_paused:
+            return
+        log.debug("http.write_stalled", listener=self._budget.name, peer=_peer(transport),
+                  timeout=self._stall_timeout)
+        self._release()
+        transport.abort()
+        self.force_close()
+
+    def _unstall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if self._placed:
+            self._budget.flowing(self)
+
     def _release(self) -> None:
         self._disarm()
+        self._unstall()
         if self._placed:
             self._placed = False
             self._budget.release(self)
@@ -258,10 +329,12 @@ class HandlerFactory:
         self._budget = budget
         self._kwargs: dict[str, Any] = {**server._kwargs, "keepalive_timeout": keepalive_timeout}
         self._header_timeout = header_timeout
+        self._stall_timeout = keepalive_timeout
 
     def __call__(self) -> GuardedHandler:
         return GuardedHandler(self._server, loop=self._server._loop, budget=self._budget,
-                              header_timeout=self._header_timeout, **self._kwargs)
+                              header_timeout=self._header_timeout,
+                              stall_timeout=self._stall_timeout, **self._kwargs)
 
 
 class LimitedTCPSite(web.TCPSite):

@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal as signal_module
-from typing import Any
 
 from aiohttp import web
 
 from ..errors import BadRequest
 from ..output import STREAMS, OutputOverrun, OutputReader
-from ..supervisor import Supervisor
 from . import parse, streaming
 from .jsonio import json_response
-from .keys import SUPERVISOR
+from .keys import supervisor_of
 
 routes = web.RouteTableDef()
 
 FOLLOW_POLL = 0.05          # seconds between looks at a followed file
 MAX_STDIN_BYTES = 1024 * 1024
 MAX_GRACE = 86400.0
-
-
-def _supervisor(request: web.Request) -> Supervisor:
-    return request.app[SUPERVISOR]
-
-
-def _signal(value: Any, supervisor: Supervisor, field: str = "signal") -> int:
-    if value is None:
-        raise BadRequest(f"'{field}' is required: a name like \"SIGUSR1\" or a number")
-    if isinstance(value, float) and value.is_integer():  # JSON's 10.0 is the integer 10
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise BadRequest(f"'{field}' must be a signal name or number")
-    if isinstance(value, str) and len(value) > 32:
-        raise BadRequest(f"'{field}': {parse.shown(value)} is not a known signal name")
-    try:
-        return supervisor.signal_number(value)
-    except ValueError as exc:
-        raise BadRequest(f"'{field}': {exc}") from None
 
 
 def _query_int(request: web.Request, name: str, default: int | None, minimum: int = 1) -> int | None:
@@ -67,7 +45,7 @@ async def output(request: web.Request) -> web.StreamResponse:
     follow = request.query.get("follow", "0")
     if follow not in ("0", "1", "true", "false"):
         raise BadRequest("query parameter 'follow' must be 0 or 1")
-    supervisor = _supervisor(request)
+    supervisor = supervisor_of(request)
     reader = await supervisor.output_reader(process_id, stream)
     start = max(offset, reader.dropped())
     if follow in ("0", "false"):
@@ -80,18 +58,15 @@ async def output(request: web.Request) -> web.StreamResponse:
     position = start
     try:
         await response.prepare(request)
-        while not streaming.headers_only(request):
-            if streaming.gone(request):  # noticed even while the process prints nothing
-                raise ConnectionResetError("the client went away")
-            active = supervisor.is_active(process_id)  # look before reading: no final bytes are missed
-            position, data = await reader.read(position)
-            if data:
-                await response.write(data)
-                position += len(data)
-                continue
-            if not active:
-                break
-            await asyncio.sleep(FOLLOW_POLL)
+        if not streaming.headers_only(request):
+            async for _ in streaming.follow(request, lambda: supervisor.is_active(process_id),
+                                            FOLLOW_POLL):
+                while True:  # all that is on disk now
+                    position, data = await reader.read(position)
+                    if not data:
+                        break
+                    await response.write(data)
+                    position += len(data)
         await response.write_eof()
     except ConnectionError:
         if not streaming.client_gone(request):
@@ -125,13 +100,13 @@ async def write_stdin(request: web.Request) -> web.Response:
     data = await request.read()
     if len(data) > MAX_STDIN_BYTES:
         raise BadRequest(f"at most {MAX_STDIN_BYTES} bytes per write")
-    written = await _supervisor(request).write_stdin(process_id, data)
+    written = await supervisor_of(request).write_stdin(process_id, data)
     return json_response({"written": written})
 
 
 @routes.post("/processes/{id}/stdin/close")
 async def close_stdin(request: web.Request) -> web.Response:
-    await _supervisor(request).close_stdin(parse.path_id(request))
+    await supervisor_of(request).close_stdin(parse.path_id(request))
     return web.Response(status=204)
 
 
@@ -140,8 +115,8 @@ async def send_signal(request: web.Request) -> web.Response:
     """Deliver any signal (to the process, or ``group: true`` its process group); state unchanged."""
     process_id = parse.path_id(request)
     body = await parse.json_object(request, required=True)
-    supervisor = _supervisor(request)
-    number = _signal(body.get("signal"), supervisor)
+    supervisor = supervisor_of(request)
+    number = parse.signal(body.get("signal"), supervisor.signal_number)
     group = body.get("group", False)
     if not isinstance(group, bool):
         raise BadRequest("'group' must be a boolean")
@@ -155,17 +130,17 @@ async def stop(request: web.Request) -> web.Response:
     """Graceful stop with a chosen first signal and grace, then SIGKILL; answers as kill does."""
     process_id = parse.path_id(request)
     body = await parse.json_object(request)
-    supervisor = _supervisor(request)
+    supervisor = supervisor_of(request)
     grace = body.get("grace")
     if grace is not None:
         grace = parse.number(grace, "grace", maximum=MAX_GRACE)
-    number = _signal(body["signal"], supervisor) if body.get("signal") is not None \
-        else int(signal_module.SIGTERM)
+    number = parse.signal(body["signal"], supervisor.signal_number) \
+        if body.get("signal") is not None else int(signal_module.SIGTERM)
     record = await supervisor.stop(process_id, grace=grace, sig=number)
     return json_response(record.to_json())
 
 
 @routes.delete("/processes/{id}")
 async def delete(request: web.Request) -> web.Response:
-    await _supervisor(request).delete(parse.path_id(request))
+    await supervisor_of(request).delete(parse.path_id(request))
     return web.Response(status=204)

@@ -11,6 +11,13 @@ no Authorization text a client makes up can buy it a fresh bucket. A request
 refused with 401 takes a token from its peer's bucket (any method): a flood
 of bad tokens is answered 429 once that bucket is empty, while callers with
 the right token keep their own bucket.
+
+A failure after a response has started (its headers prepared, a body maybe
+half sent: say the output file turned out to be a directory) cannot become a
+JSON error: a second response would be written into the first one's body (a
+500 inside a 200). Then the edge logs ``http.failed_mid_response`` at warning
+with the error and closes the connection, so the client sees a truncated
+response; the request is counted as a 500 in the metrics.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import asyncio
 import hmac
 import logging
 import socket
+import struct
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -27,7 +36,6 @@ from aiohttp.abc import AbstractAccessLogger
 
 from ..config import Config
 from ..errors import ApiError, Forbidden, Unauthorized
-from ..oskit import peer_credentials
 from . import browsers, parse
 from .jsonio import json_response
 from .keys import CONFIG, RATE_LIMITER, SUPERVISOR
@@ -52,10 +60,37 @@ def error_response(request: web.Request, status: int, message: str, code: str | 
     return json_response(body, status=status, headers=headers)
 
 
+# Request key set once a response is prepared (aiohttp < 3.12 has no RequestKey: a str then).
+STARTED: Any = (web.RequestKey("stablehand_response_started", bool)
+                if hasattr(web, "RequestKey") else "stablehand_response_started")
+
+
+def _cut(request: web.Request, exc: BaseException) -> web.StreamResponse:
+    """A failure after the response started: no second response, close the connection."""
+    log.warning("http.failed_mid_response", method=request.method, path=request.path,
+                error=f"{type(exc).__name__}: {exc}")
+    request.protocol.force_close()
+    # aiohttp tries to send this one on the closed connection, fails and ends quietly.
+    return web.Response(status=500)
+
+
 async def _rendered(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Call the handler; any failure comes back as a JSON error response."""
+    """Call the handler; any failure comes back as a JSON error response (unless the
+    response had already started: then the connection is cut)."""
     try:
         return await handler(request)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if request.get(STARTED):
+            return _cut(request, exc)
+        return _error(request, exc)
+
+
+def _error(request: web.Request, failure: Exception) -> web.StreamResponse:
+    """The JSON error response for a handler's failure (nothing sent yet)."""
+    try:
+        raise failure
     except ApiError as exc:
         return error_response(request, exc.status, exc.message, exc.code, exc.headers or None)
     except web.HTTPException as exc:
@@ -78,14 +113,23 @@ def _socket_of(request: web.BaseRequest) -> socket.socket | None:
     return transport.get_extra_info("socket") if transport is not None else None
 
 
+_UCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
+
+
 def _peer_uid(sock: socket.socket | None) -> int | None:
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED).
+
+    A socket option of the connection, read here rather than in oskit (which is for
+    processes the daemon runs): the HTTP layer imports nothing of oskit.
+    """
     if sock is None or sock.family != socket.AF_UNIX:
         return None
     try:
-        _, uid, _ = peer_credentials(sock)
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     except OSError:
         return None
-    return uid
+    _, uid, _ = _UCRED.unpack(raw)
+    return int(uid)
 
 
 def _token_required(config: Config, unix: bool) -> bool:
@@ -211,7 +255,9 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def cors_on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare`` hook: CORS headers for an allowed Origin (streams included)."""
+    """``on_response_prepare`` hook: CORS headers for an allowed Origin (streams included);
+    also marks the request as started, so a later failure is not answered twice."""
+    request[STARTED] = True
     browsers.cors_headers(request, response, request.app[CONFIG])
 
 

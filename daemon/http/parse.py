@@ -31,7 +31,7 @@ from urllib.parse import unquote_to_bytes
 import orjson
 from aiohttp import web
 
-from ..errors import ApiError, BadRequest, UnsupportedMediaType
+from ..errors import BadRequest, UnsupportedMediaType, UriTooLong
 
 MAX_ID = 2**63 - 1
 MAX_PID = 2**31 - 1
@@ -43,10 +43,6 @@ _JSON_TYPES = ("application/json",)
 
 Handler = TypeVar("Handler", bound=Callable[[web.Request], Awaitable[web.StreamResponse]])
 RAW_BODY_HANDLERS: set[Callable[..., Any]] = set()
-
-
-class UriTooLong(ApiError):
-    status = 414
 
 
 def raw_body(handler: Handler) -> Handler:
@@ -177,6 +173,34 @@ def os_pid(text: str) -> int | None:
             and len(text) <= _MAX_PID_DIGITS and int(text) <= MAX_PID):
         return int(text)
     return None
+
+
+def integral(value: Any) -> Any:
+    """JSON's ``10.0`` is the integer 10: an integral float as an int, any other value as is."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def signal(value: Any, lookup: Callable[[Any], int], field: str = "signal", *,
+           names: bool = True) -> int:
+    """A signal in a body: a name (``"SIGUSR1"``, ``"USR1"``) or a number; a number only
+    with ``names=False``. BadRequest names the field and says what was wrong.
+
+    ``lookup`` is the supervisor's ``signal_number`` (ValueError for no such signal):
+    which signals exist is the OS's business, not the HTTP layer's.
+    """
+    if value is None:
+        raise BadRequest(f"'{field}' is required: a name like \"SIGUSR1\" or a number")
+    value = integral(value)
+    if isinstance(value, bool) or not isinstance(value, (str, int) if names else int):
+        raise BadRequest(f"'{field}' must be a signal {'name or number' if names else 'number'}")
+    if isinstance(value, str) and len(value) > 32:
+        raise BadRequest(f"'{field}': {shown(value)} is not a known signal name")
+    try:
+        return lookup(value)
+    except ValueError as exc:
+        raise BadRequest(f"'{field}': {exc}") from None
 
 
 def path_id(request: web.Request, name: str = "id", what: str = "process id") -> int:

@@ -5,22 +5,18 @@ Handlers only parse, call the supervisor, and render records as camelCase JSON.
 
 from __future__ import annotations
 
-import functools
 import re
-from pathlib import Path
 from typing import Any
-
-import yaml
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from aiohttp import web
 
 from ..errors import BadRequest
-from ..model import ExitState, State
-from ..supervisor import StartSpec, Supervisor
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..model import ExitState, StartSpec, State
 from . import parse
 from .jsonio import json_response
-from .keys import SUPERVISOR
+from .keys import supervisor_of
+from .openapi import document as openapi_document
 
 routes = web.RouteTableDef()
 
@@ -31,10 +27,6 @@ MAX_WAIT = 3600.0
 DEFAULT_WAIT = 30.0
 MAX_LIST = 1000
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
-
-
-def _supervisor(request: web.Request) -> Supervisor:
-    return request.app[SUPERVISOR]
 
 
 def start_spec(body: dict[str, Any]) -> StartSpec:
@@ -85,7 +77,7 @@ def _idempotency_key(request: web.Request) -> str | None:
 @routes.post("/processes")
 async def create_process(request: web.Request) -> web.Response:
     spec = start_spec(await parse.json_object(request, required=True))
-    record, created = await _supervisor(request).create(spec, _idempotency_key(request))
+    record, created = await supervisor_of(request).create(spec, _idempotency_key(request))
     return json_response(record.to_json(), status=201 if created else 200)
 
 
@@ -108,7 +100,7 @@ async def list_processes(request: web.Request) -> web.Response:
         raise BadRequest(f"query parameter 'limit' must be at most {MAX_LIST}")
     cursor_text = request.query.get("cursor")
     cursor = parse.positive_int(cursor_text, "cursor") if cursor_text is not None else None
-    records = await _supervisor(request).list_processes(
+    records = await supervisor_of(request).list(
         state=_enum_query(request, "state", State),
         exit_state=_enum_query(request, "exitState", ExitState),
         ref=request.query.get("ref") or None,
@@ -121,7 +113,7 @@ async def list_processes(request: web.Request) -> web.Response:
 
 @routes.get("/processes/{id}")
 async def get_process(request: web.Request) -> web.Response:
-    record = await _supervisor(request).get(parse.path_id(request))
+    record = await supervisor_of(request).get(parse.path_id(request))
     return json_response(record.to_json())
 
 
@@ -129,7 +121,7 @@ async def get_process(request: web.Request) -> web.Response:
 async def kill_process(request: web.Request) -> web.Response:
     process_id = parse.path_id(request)
     await parse.json_object(request)  # the payload is ignored; only object-ness is validated
-    record = await _supervisor(request).stop(process_id)
+    record = await supervisor_of(request).stop(process_id)
     return json_response(record.to_json())
 
 
@@ -137,17 +129,8 @@ async def kill_process(request: web.Request) -> web.Response:
 async def wait_process(request: web.Request) -> web.Response:
     process_id = parse.path_id(request)
     timeout = parse.query_number(request, "timeout", DEFAULT_WAIT, maximum=MAX_WAIT)
-    record, done = await _supervisor(request).wait(process_id, timeout)
+    record, done = await supervisor_of(request).wait(process_id, timeout)
     return json_response(record.to_json(), status=200 if done else 408)
-
-
-_SPEC_PATH = Path(__file__).with_name("openapi.yaml")
-
-
-@functools.cache
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI document (openapi.yaml beside this module), parsed once."""
-    return yaml.safe_load(_SPEC_PATH.read_text())
 
 
 @routes.get("/openapi.json")
@@ -158,12 +141,12 @@ async def openapi(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format."""
-    supervisor = _supervisor(request)
+    supervisor = supervisor_of(request)
     body = supervisor.metrics.render(supervisor.counts(), supervisor.queue_length,
-                                     await supervisor.registry.count())
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+                                     await supervisor.count())
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok", **_supervisor(request).counts()})
+    return json_response({"status": "ok", **supervisor_of(request).counts()})

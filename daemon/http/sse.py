@@ -14,8 +14,7 @@ import asyncio
 from aiohttp import web
 
 from . import parse, streaming
-from .jsonio import dumps
-from .keys import SUPERVISOR
+from .keys import supervisor_of
 
 routes = web.RouteTableDef()
 HEARTBEAT = 15.0
@@ -28,10 +27,9 @@ async def events(request: web.Request) -> web.StreamResponse:
     only_id_value = parse.positive_int(only_id, "query parameter 'id'") if only_id is not None else None
     only_ref = request.query.get("ref")
     last = parse.last_event_id(request)
-    hub = request.app[SUPERVISOR].events
+    hub = supervisor_of(request).events
     queue, missed = hub.subscribe(last)
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+    response = streaming.event_stream()
     try:
         await response.prepare(request)
         if streaming.headers_only(request):
@@ -57,9 +55,9 @@ async def events(request: web.Request) -> web.StreamResponse:
                 continue
             if only_ref is not None and event.ref != only_ref:
                 continue
-            data = dumps({"id": event.process_id, "state": event.record["state"],
-                          "exitState": event.record["exitState"], "record": event.record})
-            await response.write(f"id: {event.seq}\nevent: state\ndata: {data}\n\n".encode())
+            await response.write(streaming.event(
+                "state", {"id": event.process_id, "state": event.record["state"],
+                          "exitState": event.record["exitState"], "record": event.record}, event.seq))
             quiet = 0.0
     except ConnectionError:  # the stream ends only when its client leaves (or at shutdown)
         if not streaming.client_gone(request):

@@ -1,4 +1,5 @@
-"""What a streaming handler does when its connection ends early.
+"""Streaming responses: what a handler does when its connection ends early, the
+server-sent-events framing, and the loop that follows a running process's output.
 
 A client that goes away mid-stream (an SSE reader closing its tab, ``curl``
 interrupted during a follow) is normal, not an error. aiohttp raises
@@ -13,8 +14,14 @@ handlers do not import the protocol layer.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
 import structlog
 from aiohttp import web
+
+from .jsonio import dumps_bytes
 
 log = structlog.get_logger("stablehand.http")
 
@@ -52,3 +59,39 @@ def cut_short(request: web.BaseRequest, reason: str) -> None:
     sees a short body (an error) rather than wrong bytes. Logged as ``http.cut_short``."""
     log.info("http.cut_short", method=request.method, path=request.path, reason=reason)
     request.protocol.force_close()
+
+
+# --- server-sent events -------------------------------------------------------------------
+
+def event_stream() -> web.StreamResponse:
+    """An SSE response, to prepare inside the handler's ``try`` (the client may be gone)."""
+    return web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+
+
+def event(name: str, data: Any, event_id: int | None = None) -> bytes:
+    """One event: ``id:`` (when given), ``event:`` and ``data:`` as compact JSON, then a blank line."""
+    head = b"" if event_id is None else b"id: %d\n" % event_id
+    return head + b"event: " + name.encode() + b"\ndata: " + dumps_bytes(data) + b"\n\n"
+
+
+# --- following a process ------------------------------------------------------------------
+
+async def follow(request: web.BaseRequest, active: Callable[[], bool],
+                 poll: float) -> AsyncIterator[bool]:
+    """The rounds of a follow: read all that is there now at each, until the process is done.
+
+    Each round yields whether the process was still active *before* the caller
+    reads: looking before reading means the bytes written just before it ended
+    are read in the last round (``False``), after which the loop ends. Between
+    rounds it sleeps ``poll`` seconds. Raises ConnectionResetError once the
+    client has gone away, even while the process prints nothing (a write would
+    never tell).
+    """
+    while True:
+        if gone(request):
+            raise ConnectionResetError("the client went away")
+        still = active()
+        yield still
+        if not still:
+            return
+        await asyncio.sleep(poll)

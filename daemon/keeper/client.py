@@ -192,7 +192,7 @@ class KeeperClient:
         finally:
             if dirfd is not None:
                 os.close(dirfd)
-        client = cls(transport, proto, state_dir, on_exit, on_lost)   # type: ignore[arg-type]
+        client = cls(transport, proto, state_dir, on_exit, on_lost)
         try:
             await asyncio.wait_for(client.hello(), timeout)
         except TimeoutError:
@@ -334,7 +334,7 @@ class KeeperClient:
             if self._on_exit is not None:
                 try:
                     self._on_exit(exit_event)
-                except Exception as exc:  # noqa: BLE001 - the caller's bug must not kill the reader
+                except Exception as exc:
                     asyncio.get_running_loop().call_exception_handler(
                         {"message": "keeper on_exit callback failed", "exception": exc})
             else:
@@ -365,7 +365,7 @@ class KeeperClient:
         if self._on_lost is not None:
             try:
                 self._on_lost(error)
-            except Exception as exc:  # noqa: BLE001 - as for on_exit
+            except Exception as exc:
                 asyncio.get_running_loop().call_exception_handler(
                     {"message": "keeper on_lost callback failed", "exception": exc})
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import alive, start_ignoring_term
 from tests.compat.conftest import NO_SUCH_PID, record_of, start, wait_idle
+from tests.helpers import alive, start_ignoring_term
 
 
 async def test_200_ok_and_the_record_is_canceled(client: Any) -> None:

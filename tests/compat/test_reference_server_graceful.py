@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import alive, start_ignoring_term
 from tests.compat.conftest import ISO_UTC, NO_SUCH_PID, start, wait_idle
+from tests.helpers import alive, start_ignoring_term
 
 
 def _assert_failure(body: dict[str, Any], pid: int, error: str | None = None) -> None:

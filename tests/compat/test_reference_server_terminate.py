@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.helpers import alive, async_wait_for, descendants_of, start_ignoring_term
 from tests.compat.conftest import ISO_UTC, NO_SUCH_PID, record_of, start, wait_idle
+from tests.helpers import alive, async_wait_for, descendants_of, start_ignoring_term
 
 
 async def test_200_terminates_the_tree(client: Any) -> None:

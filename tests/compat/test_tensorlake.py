@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import alive, async_wait_for, descendants_of, printed, start_ignoring_term
 from tests.compat.conftest import NO_SUCH_PID, record_of, start, wait_idle
+from tests.helpers import alive, async_wait_for, descendants_of, printed, start_ignoring_term
 
 SIGNAL_REPORTER = ["python3", "-c",
                    "import signal,sys,time\n"

@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from daemon.http.app import make_app
 from daemon.http.connections import Connections, Limits
-from daemon.service import open_core
+from daemon.lifecycle import make_daemon_app
 from tests.conftest import make_config
 
 HEADER_TIMEOUT = 0.5
@@ -25,8 +24,7 @@ HEADER_TIMEOUT = 0.5
 async def server(tmp_path: Path) -> AsyncIterator[Any]:
     """The app on 127.0.0.1 behind a LimitedTCPSite: (host, port, connections)."""
     config = make_config(tmp_path / "state")
-    registry, supervisor = await open_core(config)
-    runner = web.AppRunner(make_app(config, supervisor))
+    runner = web.AppRunner(make_daemon_app(config))
     await runner.setup()
     connections = Connections(Limits(max_connections=4, socket_max_connections=4,
                                      header_timeout=HEADER_TIMEOUT, keepalive_timeout=30.0))
@@ -35,9 +33,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Any]:
     try:
         yield "127.0.0.1", site.port, connections
     finally:
-        await supervisor.shutdown()
         await runner.cleanup()
-        await registry.close()
 
 
 async def _request(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, head: str,

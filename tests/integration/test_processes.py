@@ -9,8 +9,14 @@ from typing import Any
 
 import psutil
 
-from tests.helpers import (alive, async_wait_for, descendants_of, marked_processes, printed,
-                           start_ignoring_term)
+from tests.helpers import (
+    alive,
+    async_wait_for,
+    descendants_of,
+    marked_processes,
+    printed,
+    start_ignoring_term,
+)
 
 
 async def start(client: Any, **body: Any) -> dict[str, Any]:
@@ -126,7 +132,7 @@ async def test_process_orphaned_during_the_stop_is_stopped_too(client: Any) -> N
     # installed), so some stops end in SIGKILL after the grace: keep it short.
     records = [await start(client, command=script, grace=0.3) for _ in range(6)]
     for record in records:
-        await async_wait_for(lambda: printed(client, record["id"], "ready"), what="trap in place")
+        await async_wait_for(lambda record=record: printed(client, record["id"], "ready"), what="trap in place")
     instance = client.supervisor._instance
     kills = [client.post(f"/processes/{record['id']}/signals/kill") for record in records]
     assert [response.status for response in await asyncio.gather(*kills)] == [200] * 6
@@ -334,7 +340,8 @@ async def test_healthz(client: Any) -> None:
 async def test_client_disconnect_does_not_cancel_a_start(client: Any) -> None:
     """A cancelled caller (a dropped connection) never leaves a half-done spawn."""
     import asyncio
-    from daemon.supervisor import StartSpec
+
+    from daemon.model import StartSpec
     task = asyncio.ensure_future(client.supervisor.create(StartSpec(argv=["sleep", "30"])))
     await asyncio.sleep(0)  # the create has begun: its work now belongs to the supervisor
     task.cancel()

@@ -15,6 +15,7 @@ from daemon.registry import (
     Registry,
     RegistryError,
     StorageError,
+    UnknownColumn,
     WriteRejected,
     known_migrations,
 )
@@ -63,6 +64,33 @@ async def test_failed_migration_leaves_nothing_half_applied(tmp_path: Path) -> N
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert "a" in tables and "b" not in tables
         assert [r[0] for r in conn.execute("SELECT version FROM schema_migrations")] == [1]
+
+
+async def test_a_write_naming_no_column_is_refused_not_dropped(tmp_path: Path) -> None:
+    registry = await Registry.open(tmp_path / "r.db")
+    kept = await registry.insert(_row(ref="kept"))
+    with pytest.raises(UnknownColumn, match="colour"):
+        registry.insert(_row(colour="red"))
+    with pytest.raises(UnknownColumn, match="id"):
+        registry.insert(_row(id=99))                   # the id is SQLite's to assign
+    with pytest.raises(UnknownColumn, match="colour"):
+        registry.update(kept, ref="changed", colour="red")
+    with pytest.raises(UnknownColumn, match="id"):
+        registry.update(kept, id=99)
+    await registry.close()
+    with closing(sqlite3.connect(tmp_path / "r.db")) as conn, conn:
+        assert conn.execute("SELECT id, ref FROM processes").fetchall() == [(kept, "kept")]
+
+
+async def test_a_table_that_does_not_match_the_record_refuses_to_open(tmp_path: Path) -> None:
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    for _, name, sql in known_migrations():
+        (migrations / name).write_text(sql)
+    (migrations / "9000_drift.sql").write_text(
+        "ALTER TABLE processes ADD COLUMN colour TEXT; ALTER TABLE processes DROP COLUMN request_hash;")
+    with pytest.raises(RegistryError, match="missing: request_hash; unknown: colour"):
+        await Registry.open(tmp_path / "r.db", migrations)
 
 
 async def test_ids_increase_and_are_never_reused(tmp_path: Path) -> None:
@@ -119,7 +147,8 @@ async def test_a_statement_that_fails_fails_alone_and_the_batch_commits(tmp_path
     await registry.close()
     with closing(sqlite3.connect(tmp_path / "r.db")) as conn, conn:
         refs = [r[0] for r in conn.execute("SELECT ref FROM processes ORDER BY id")]
-        assert refs[:10] == [f"good-{i}" for i in range(10)] and refs[-10:] == [f"good-{i}" for i in range(10, 20)]
+        assert refs[:10] == [f"good-{i}" for i in range(10)]
+        assert refs[-10:] == [f"good-{i}" for i in range(10, 20)]
         assert len(refs) == 21   # 20 good rows and the first insert of key "k"
         assert conn.execute("SELECT error FROM processes WHERE id IN (1, 2) ORDER BY id").fetchall() == \
             [(None,), ("fine",)]

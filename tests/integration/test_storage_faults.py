@@ -20,8 +20,7 @@ import pytest
 import structlog
 
 from daemon.errors import BadRequest
-from daemon.model import Process, State
-from daemon.supervisor import StartSpec
+from daemon.model import Process, StartSpec, State
 
 from ..helpers import alive, async_wait_for, marked_processes
 from .smallfs import small_fs

@@ -61,7 +61,7 @@ async def measure(base: Path, children: int, nbytes: int) -> dict[str, Any]:
     state = base / "state"
     state.mkdir()
     log = (base / "keeper.log").open("wb")
-    keeper = subprocess.Popen([sys.executable, "-m", "daemon", "keeper", "--state-dir", str(state)],  # noqa: ASYNC220
+    keeper = subprocess.Popen([sys.executable, "-m", "daemon", "keeper", "--state-dir", str(state)],
                               stderr=log, stdout=subprocess.DEVNULL)
     log.close()
     try:
@@ -101,7 +101,7 @@ async def measure(base: Path, children: int, nbytes: int) -> dict[str, Any]:
                                            ("cap 4 MiB", 4 << 20)), start=1000):
             target = base / "plain.out"
             t0 = time.monotonic()
-            subprocess.run(f"head -c {nbytes} /dev/zero > {target}", shell=True, check=True)  # noqa: ASYNC221 - timed on purpose
+            subprocess.run(f"head -c {nbytes} /dev/zero > {target}", shell=True, check=True)
             plain = time.monotonic() - t0
             target.unlink()
             rates[f"plain before {label}"] = {"MBps": round(nbytes / plain / 1e6)}

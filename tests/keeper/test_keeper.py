@@ -170,7 +170,7 @@ async def test_a_daemon_killed_mid_request_does_not_lose_exits(start_keeper: Any
         "print(s.recv(1000).decode(), flush=True)\n"
         "while True: s.sendall(b'{\"op\": \"list\", \"seq\": 2, \"pad\": \"' + b'x' * 65536); time.sleep(0.001)\n")
     from tests.keeper.conftest import raw_address
-    proc = subprocess.Popen([sys.executable, "-c", script, raw_address(keeper.state_dir),  # noqa: ASYNC220
+    proc = subprocess.Popen([sys.executable, "-c", script, raw_address(keeper.state_dir),
                              str(keeper.state_dir)], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     reply = proc.stdout.readline()
@@ -395,7 +395,7 @@ async def test_children_start_with_default_signal_dispositions(start_keeper: Any
     try:
         client = await connect(keeper)
         spawned = await client.spawn(1, ["sleep", "100"], ENV)
-        status = open(f"/proc/{spawned.pid}/status").read()   # noqa: ASYNC230, SIM115
+        status = open(f"/proc/{spawned.pid}/status").read()
         ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
         assert ignored & (1 << (signal.SIGHUP - 1)) == 0 and ignored & (1 << (signal.SIGINT - 1)) == 0
         assert await client.signal(1, signal.SIGHUP)

@@ -30,7 +30,7 @@ def test_run_ps_show_kill(live: Any) -> None:
     process_id = int(result.stdout)
     ps = cli(live, "ps")
     assert ps.returncode == 0 and "cli-job" in ps.stdout and "running" in ps.stdout
-    assert ps.stdout.splitlines()[0].split()[:3] == ["ID", "STATE", "EXIT"]
+    assert ps.stdout.splitlines()[0].split()[:3] == ["ID", "REF", "STATE"]
     shown = json.loads(cli(live, "show", str(process_id), "--json").stdout)
     assert shown["ref"] == "cli-job" and alive(shown["pid"])
     assert cli(live, "kill", str(process_id)).returncode == 0
@@ -101,6 +101,11 @@ def test_python_client(live: Any) -> None:
         record = sh.start(["sh", "-c", "echo hi; exit 3"], ref="py")
         final = sh.wait(record["id"])
         assert final["exitCode"] == 3 and sh.output(record["id"]) == b"hi\n"
+        piped = sh.start(["cat"], stdin="pipe")
+        assert sh.write_stdin(piped["id"], b"to stdin") == 8
+        sh.close_stdin(piped["id"])
+        assert sh.wait(piped["id"])["exitState"] == "success"
+        assert sh.output(piped["id"]) == b"to stdin" and sh.output_range(piped["id"]) == (0, 8)
         with pytest.raises(ApiError) as info:
             sh.get(10**6)
         assert info.value.status == 404

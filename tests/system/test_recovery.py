@@ -226,6 +226,21 @@ def test_detach_leaves_children_for_the_next_daemon(daemon: Any) -> None:
     assert final["exitState"] == "canceled" and not alive(record["pid"])
 
 
+def test_detach_logs_once_what_it_leaves_running(daemon: Any) -> None:
+    import json
+    d = daemon("--shutdown", "detach").start()
+    _, record = call(d, "POST", "/processes", {"argv": ["sleep", "600"]})
+    assert d.stop() == 0
+    detached = [json.loads(line) for line in d.log().splitlines() if '"daemon.detached"' in line]
+    assert len(detached) == 1
+    assert detached[0]["processes"] == [{"id": record["id"], "pid": record["pid"]}]
+    assert alive(record["pid"])
+    d.start()   # the next daemon adopts it; stop it there
+    assert call(d, "POST", f"/processes/{record['id']}/signals/kill", {})[0] == 200
+    _, final = call(d, "GET", f"/processes/{record['id']}/wait?timeout=20")
+    assert final["exitState"] == "canceled" and not alive(record["pid"])
+
+
 def test_queued_records_survive_a_restart_in_order(daemon: Any) -> None:
     d = daemon("--max-concurrent", "1", "--shutdown", "detach").start()
     records = [call(d, "POST", "/processes", {"argv": ["sleep", "600"]})[1] for _ in range(3)]

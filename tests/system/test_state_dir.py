@@ -203,3 +203,14 @@ def test_a_stale_socket_from_a_killed_daemon_is_replaced(daemon: Any) -> None:
     assert d.socket_path.exists()
     d.start()
     wait_for(lambda: call(d, "GET", "/healthz", unix=True)[0] == 200, what="the socket to answer")
+
+
+def test_an_output_symlink_stops_start_up_with_a_message(daemon: Any, tmp_path: Path) -> None:
+    # It hung start-up once (a traceback, then a daemon that never listened).
+    target = tmp_path / "precious"
+    target.write_text("keep\n")
+    (_state(tmp_path) / "output").symlink_to(target)
+    d = daemon()
+    assert _failed_start(d) == 1
+    assert "output dir" in d.log() and "Traceback" not in d.log()
+    assert target.read_text() == "keep\n"

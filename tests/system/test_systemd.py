@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import DaemonProcess, PYTHON, free_port, wait_for
+from tests.helpers import PYTHON, DaemonProcess, free_port, wait_for
 from tests.system.test_daemon import call
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ class NotifySocket:
         while True:
             try:
                 self.messages.append(self.sock.recv(4096).decode())
-            except (socket.timeout, BlockingIOError):
+            except (TimeoutError, BlockingIOError):
                 return self.messages
 
     def seen(self, line: str) -> bool:

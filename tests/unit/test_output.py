@@ -14,6 +14,14 @@ def _files(root: Path) -> set[str]:
     return {p.name for p in root.iterdir() if not p.name.startswith(".")}
 
 
+def _captured(store: OutputStore, process_id: int, stream: str) -> bytes:
+    """What the store holds for a process's stream (nothing if it has no file)."""
+    try:
+        return Path(store.path(process_id, stream)).read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
 def test_prepare_renames_spares_and_creates_nothing_on_the_caller(tmp_path: Path) -> None:
     store = OutputStore(tmp_path / "output", spares=4)
     assert store.make_spares() == 8  # files: two per pair
@@ -65,13 +73,13 @@ def test_old_per_process_directories_are_moved_to_the_flat_layout(tmp_path: Path
     (root / "13").mkdir()
     (root / "13" / "stdout").write_bytes(b"only out\n")
     store = OutputStore(root)
-    assert store.read(12, "stdout") == (0, b"hello\n")
-    assert store.read(12, "stderr") == (0, b"oops\n")
-    assert store.read(13, "stdout") == (0, b"only out\n")
-    assert store.read(13, "stderr") == (0, b"")
+    assert _captured(store, 12, "stdout") == b"hello\n"
+    assert _captured(store, 12, "stderr") == b"oops\n"
+    assert _captured(store, 13, "stdout") == b"only out\n"
+    assert _captured(store, 13, "stderr") == b""
     assert not (root / "12").exists() and not (root / "13").exists()
     store.remove(12)
-    assert store.read(12, "stdout") == (0, b"")
+    assert _captured(store, 12, "stdout") == b""
 
 
 def test_the_old_layout_is_looked_for_once(tmp_path: Path) -> None:
@@ -112,11 +120,11 @@ def test_a_start_without_spares_reuses_empty_files_of_finished_processes(tmp_pat
     second = _finished_output(store, 2, stdout=b"kept\n")  # takes 1's two empty files
     assert set(second) == set(first)
     assert _files(root) == {"2.stdout", "2.stderr"}
-    assert store.read(1, "stdout") == (0, b"") and store.read(1, "stderr") == (0, b"")
+    assert _captured(store, 1, "stdout") == b"" and _captured(store, 1, "stderr") == b""
     out, err = store.prepare(3)       # 2's stderr is empty and reused; its stdout is not
     assert os.stat(out).st_ino == second[1] and not os.path.exists(err)
     assert _files(root) == {"2.stdout", "3.stdout"}
-    assert store.read(2, "stdout") == (0, b"kept\n")
+    assert _captured(store, 2, "stdout") == b"kept\n"
 
 
 def test_output_some_process_still_holds_is_not_reused(tmp_path: Path) -> None:

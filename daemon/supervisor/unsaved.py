@@ -22,16 +22,22 @@ undo, is followed by another one, and SQLite ends with what memory holds.
 A rewrite that SQLite refuses for its values (WriteRejected) cannot succeed by
 retrying: it is logged as ``registry.unsavable`` and dropped. The supervisor
 escapes the text it writes (errors), so this is not expected to happen.
+
+Every transition's write goes through :meth:`UnsavedRecords.write`, which queues
+it and marks the record unsaved if it fails: no write's failure goes unnoticed,
+and a caller that must refuse or undo (a kill, an admission, a pid) awaits the
+returned future to see the failure too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from typing import Any
 
-from .model import Process
-from .registry import Registry, WriteRejected
+from ..model import Process
+from ..registry import Registry, RegistryError, WriteRejected
 
 RETRY_FIRST = 0.1     # seconds before the first rewrite
 RETRY_MAX = 2.0       # the backoff stops growing here: a recovered disk is noticed within it
@@ -65,6 +71,25 @@ class UnsavedRecords:
 
     def ids(self) -> list[int]:
         return sorted(self._records)
+
+    def write(self, proc: Process, **fields: Any) -> asyncio.Future[None]:
+        """Queue a write of ``proc``'s fields; awaiting it raises if it failed.
+
+        A failed write leaves memory ahead of SQLite: the record is marked unsaved
+        and written again until it commits. Callers that must refuse or undo (a
+        kill, an admission, a pid) also see the failure.
+        """
+        try:
+            future = self._registry.update(proc.id, **fields)
+        except RegistryError as exc:  # the registry is closed
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(exc)
+        future.add_done_callback(functools.partial(self._written, proc))
+        return future
+
+    def _written(self, proc: Process, future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.mark(proc, future.exception())
 
     def mark(self, proc: Process, error: BaseException | None = None) -> None:
         """Memory is (or may be) ahead of SQLite for ``proc``: write it again until it commits.
@@ -120,13 +145,13 @@ class UnsavedRecords:
             for process_id, proc in list(self._records.items()):
                 write = self._registry.update(process_id, **mutable_columns(proc))
                 queued.append((process_id, self._generation[process_id], write))
-        except Exception as exc:  # noqa: BLE001 - the registry is closed: nothing more can be written
+        except Exception as exc:  # the registry is closed: nothing more can be written
             for _, _, write in queued:
                 write.cancel()
             return 0, exc
         results = await asyncio.gather(*(write for _, _, write in queued), return_exceptions=True)
         saved, failure = 0, None
-        for (process_id, generation, _), result in zip(queued, results):
+        for (process_id, generation, _), result in zip(queued, results, strict=True):
             if isinstance(result, WriteRejected):
                 self._log.error("registry.unsavable", process_id=process_id, error=result.message)
             elif isinstance(result, BaseException):

@@ -1,0 +1,175 @@
+"""Tensorlake's output routes: ``GET .../{stdout,stderr,output}`` and their ``/follow``.
+
+``.../output`` is the stdout lines followed by the stderr lines: the two streams
+are captured in separate files, so their interleaving is not known. A line's
+``timestamp`` is when Stablehand read it (within ~POLL of the write).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from ...output import READ_CHUNK, OutputReader
+from .. import streaming
+from ..jsonio import dumps_bytes
+from ..keys import supervisor_of
+from . import wire
+
+routes = web.RouteTableDef()
+POLL = 0.02                 # seconds between looks at a followed process's files
+MAX_LINE = 1024 * 1024      # bytes; a longer line is delivered as several lines
+STREAM_NAMES = ("stdout", "stderr", "output")
+
+
+class LineReader:
+    """Lines of one captured stream, read incrementally from its file in bounded chunks.
+
+    A line longer than MAX_LINE bytes is delivered as several lines of at most
+    MAX_LINE bytes each (cut at a UTF-8 character boundary), so one giant line
+    never makes a reader hold more than MAX_LINE + READ_CHUNK bytes. Lines are
+    decoded as UTF-8 with U+FFFD for bytes that are not.
+    """
+
+    def __init__(self, reader: OutputReader, stream: str) -> None:
+        self.reader, self.stream = reader, stream
+        self.offset = 0
+        self.partial = b""
+
+    async def batches(self, final: bool = False, end: int | None = None) -> AsyncIterator[list[str]]:
+        """The lines available now (up to byte ``end`` if given), one chunk's worth at a time;
+        with ``final``, the last unterminated line too."""
+        while end is None or self.offset < end:
+            start, data = await self.reader.read(self.offset, READ_CHUNK if end is None
+                                                 else end - self.offset)
+            if not data:
+                break
+            lines = []
+            if start != self.offset and self.partial:  # the rest of that line was dropped (cap)
+                lines.append(self.partial)
+                self.partial = b""
+            self.offset = start + len(data)
+            *complete, self.partial = (self.partial + data).split(b"\n")
+            lines += complete
+            while len(self.partial) > MAX_LINE:
+                cut = _char_boundary(self.partial, MAX_LINE)
+                lines.append(self.partial[:cut])
+                self.partial = self.partial[cut:]
+            if lines:
+                yield [text for line in lines for text in _pieces(line)]
+        if final and self.partial:
+            yield _pieces(self.partial)
+            self.partial = b""
+
+
+def _char_boundary(data: bytes, at: int) -> int:
+    """``at``, moved back (at most 3 bytes) so as not to cut a UTF-8 character in two."""
+    cut = at
+    while cut > at - 3 and data[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return cut if data[cut] & 0xC0 != 0x80 else at
+
+
+def _pieces(line: bytes) -> list[str]:
+    """A line as text, in pieces of at most MAX_LINE bytes."""
+    pieces = []
+    while len(line) > MAX_LINE:
+        cut = _char_boundary(line, MAX_LINE)
+        pieces.append(line[:cut].decode(errors="replace"))
+        line = line[cut:]
+    pieces.append(line.decode(errors="replace"))
+    return pieces
+
+
+def _streams(name: str) -> tuple[str, ...]:
+    return ("stdout", "stderr") if name == "output" else (name,)
+
+
+def _stream_name(request: web.Request) -> str:
+    parts = request.path.rstrip("/").split("/")
+    return parts[-2] if parts[-1] == "follow" else parts[-1]
+
+
+async def output(request: web.Request) -> web.StreamResponse:
+    """``{pid, lines, line_count}``, streamed: the output is read and sent a chunk at a time.
+
+    The lines are those on disk when the request arrives (each stream's size is
+    taken first); the JSON is written as a prefix, then the lines chunk by chunk,
+    then ``line_count``, so no output, however large, is ever whole in memory.
+    """
+    record = await wire.record_for(request)
+    supervisor = supervisor_of(request)
+    readers = [LineReader(await supervisor.output_reader(record.id, s), s)
+               for s in _streams(_stream_name(request))]
+    ends = [await r.reader.size() for r in readers]
+    response = web.StreamResponse()
+    response.content_type = "application/json"
+    response.charset = "utf-8"
+    response.enable_chunked_encoding()
+    count = 0
+    try:
+        await response.prepare(request)
+        if streaming.headers_only(request):
+            await response.write_eof()
+            return response
+        await response.write(b'{"pid":' + dumps_bytes(record.pid) + b',"lines":[')
+        for reader, end in zip(readers, ends, strict=True):
+            async for batch in reader.batches(final=True, end=end):
+                encoded = dumps_bytes(batch)[1:-1]  # the strings, comma separated
+                await response.write(encoded if count == 0 else b"," + encoded)
+                count += len(batch)
+        await response.write(b'],"line_count":' + str(count).encode() + b"}")
+        await response.write_eof()
+    except ConnectionError:
+        if not streaming.client_gone(request):
+            raise
+    return response
+
+
+async def follow_lines(request: web.Request, process_id: int,
+                       streams: tuple[str, ...]) -> AsyncIterator[tuple[str, list[str]]]:
+    """(stream, lines) as lines are written, a chunk's worth at a time, until the process
+    is idle and all is read (the rounds of :func:`streaming.follow`).
+
+    Raises ConnectionResetError once the client has gone away, even while the
+    process prints nothing.
+    """
+    supervisor = supervisor_of(request)
+    readers = [LineReader(await supervisor.output_reader(process_id, s), s) for s in streams]
+    async for active in streaming.follow(request, lambda: supervisor.is_active(process_id), POLL):
+        for reader in readers:
+            async for batch in reader.batches(final=not active):
+                yield reader.stream, batch
+
+
+def output_events(stream: str | None, batch: list[str]) -> bytes:
+    """``output`` events for a batch of lines; ``stream`` is named when the client follows both."""
+    now = wire.now_ms()
+    return b"".join(streaming.event("output", {"line": line, "timestamp": now} if stream is None
+                                    else {"line": line, "timestamp": now, "stream": stream})
+                    for line in batch)
+
+
+async def follow(request: web.Request) -> web.StreamResponse:
+    record = await wire.record_for(request)
+    name = _stream_name(request)
+    response = streaming.event_stream()
+    try:
+        await response.prepare(request)
+        if streaming.headers_only(request):
+            await response.write_eof()
+            return response
+        async for stream, batch in follow_lines(request, record.id, _streams(name)):
+            await response.write(output_events(stream if name == "output" else None, batch))
+        await response.write(streaming.event("eof", {}))
+        await response.write_eof()
+    except ConnectionError:
+        if not streaming.client_gone(request):
+            raise
+    return response
+
+
+for _name in STREAM_NAMES:
+    routes.get(f"/api/v1/processes/{{pid}}/{_name}")(output)
+    routes.get(f"/api/v1/processes/{{pid}}/{_name}/follow")(follow)

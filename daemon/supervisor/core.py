@@ -1,0 +1,361 @@
+"""The supervisor's public surface: the one object the HTTP layer, the service and tests use.
+
+Each method checks what the request asks against the record as the process
+table has it and hands the work to the module whose job it is (see the package
+docstring for the map). Nothing outside this package needs the registry, oskit
+or a supervisor constant to use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import signal
+import uuid
+from typing import Any
+
+import structlog
+
+from .. import oskit
+from ..config import Config
+from ..errors import ApiError, Conflict, Forbidden, NotFound, Unavailable
+from ..events import EventHub
+from ..metrics import Metrics
+from ..model import ACTIVE, SETTLED, SIGNALLABLE, STOPPABLE, ExitState, Process, StartSpec, State, StopReason
+from ..output import OutputReader, OutputStore
+from ..registry import Registry
+from .children import Markers, resolve
+from .reconcile import reconcile
+from .running import Listener, Runner
+from .stopping import KILL_WAIT
+from .table import ProcessTable
+from .tasks import Tasks
+from .terminating import done_future
+from .unsaved import UnsavedRecords
+
+HOUSEKEEPING_INTERVAL = 1.0
+
+
+class Supervisor:
+    """Owns every child from creation to its last exit. Made inside the loop it serves."""
+
+    def __init__(self, config: Config, registry: Registry, outputs: OutputStore) -> None:
+        self.config = config
+        self.registry = registry
+        self.outputs = outputs
+        self.log = structlog.get_logger("stablehand.supervisor")
+        self.events = EventHub()
+        self.metrics = Metrics()
+        self.closing = asyncio.Event()      # set when shutdown begins: open streams end then
+        self._listeners: list[Listener] = [self.events.publish, self.metrics.observe]
+        self._table = ProcessTable(config.max_concurrent)
+        self._unsaved = UnsavedRecords(registry, self.log)   # memory ahead of SQLite
+        self._tasks = Tasks(self.log)
+        self._markers = Markers()
+        self._runner = runner = Runner(config, registry, outputs, self.log, self._table,
+                                      self._unsaved, self._tasks, self._markers, self._listeners)
+        self._children, self._trees, self._stdio = runner.children, runner.trees, runner.stdio
+        self._loop = runner.loop
+        self._guard: asyncio.Task[None] | None = None
+
+    @property
+    def _instance(self) -> str:
+        """This registry's instance id, carried by every child (tests look for it)."""
+        return self._markers.instance
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take ownership: become subreaper, reconcile the registry, start the queue."""
+        oskit.become_subreaper()
+        reset = oskit.reset_inherited_signals()
+        if reset:
+            self.log.info("daemon.signals_reset", signals=reset)
+        instance = await self.registry.get_meta("instance") or ""
+        if not instance:
+            instance = uuid.uuid4().hex
+            await self.registry.set_meta("instance", instance)
+        self._markers.instance = instance
+        await reconcile(self._runner)
+        self.outputs.refill_in_background()
+        self._runner.admit()
+        self._guard = self._loop.create_task(self._housekeeping())
+
+    async def shutdown(self) -> None:
+        """Stop (or detach from) every child, per the ``shutdown`` setting."""
+        runner, tasks = self._runner, self._tasks
+        runner.closing = True
+        self.closing.set()
+        self.outputs.close()
+        if self._guard is not None:
+            self._guard.cancel()
+        if self.config.shutdown == "stop":
+            graces = [0.0]
+            for proc in self._table.records():
+                if proc.state is State.RUNNING:
+                    graces.append(runner.grace_of(proc))
+                    runner.terminating.begin(proc, StopReason.KILL, graces[-1], signal.SIGTERM)
+            # Stops that never escalate on their own (psys's SIGTERM-only route) are
+            # finished with SIGKILL once every grace period has passed.
+            waits: builtins.list[asyncio.Future[Any]] = [*tasks.pending()] or [done_future()]
+            _, pending = await asyncio.wait(waits, timeout=max(graces) + 1)
+            if pending:
+                for process_id in list(self._trees.stop_sets):
+                    self._trees.kill_stopping(process_id)
+            await tasks.drain()
+        else:
+            left = [{"id": p.id, "pid": p.pid} for p in self._table.records() if p.state in ACTIVE]
+            self.log.info("daemon.detached", processes=left, count=len(left))
+            await tasks.cancel_all()
+        for child in self._children.all():
+            self._children.forget(child)
+        self._children.reap()
+        await self._unsaved.close()
+
+    async def _housekeeping(self) -> None:
+        """Once a second: reap orphans that exited, keep output within max_output_bytes,
+        and, when the last second saw no start or stop, refill the spare output files."""
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            self._children.reap()
+            for proc in self._table.records():
+                if proc.state in ACTIVE:
+                    self._stdio.cap_output(proc)
+            quiet = self._loop.time() - self._runner.last_busy >= HOUSEKEEPING_INTERVAL
+            if quiet and self.outputs.needs_spares():
+                self.outputs.refill_in_background()
+
+    # --- queries ---------------------------------------------------------------------
+
+    async def get(self, process_id: int) -> Process:
+        """The committed record (shared when idle: do not change it), or the
+        in-memory one while its latest state is unsaved."""
+        record = self._unsaved.get(process_id)
+        if record is not None:
+            return record
+        recent = self._table.recent
+        record = recent.get(process_id)
+        if record is not None:
+            return record
+        generation = recent.generation
+        record = await self.registry.get(process_id)
+        if record is None:
+            raise NotFound(f"process {process_id} not found")
+        recent.offer(record, generation)
+        return record
+
+    async def list(self, *, state: State | None = None, exit_state: ExitState | None = None,
+                   ref: str | None = None, before_id: int | None = None,
+                   limit: int = 100) -> builtins.list[Process]:
+        """Records, newest first (``before_id``: only ids below it), unsaved ones as memory has them.
+
+        The filters apply to SQLite's committed rows: while storage fails, a record
+        whose exit is unsaved is returned by ``state=running`` (showing it idle) and
+        missing from ``state=idle``.
+        """
+        return self._unsaved.overlay(await self.registry.list(
+            state=state, exit_state=exit_state, ref=ref, before_id=before_id, limit=limit))
+
+    async def count(self) -> int:
+        """How many records the registry holds (for /metrics)."""
+        return await self.registry.count()
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._table.queue)
+
+    def counts(self) -> dict[str, int]:
+        """Live records by state: queued, running, terminating."""
+        return self._table.counts()
+
+    def is_active(self, process_id: int) -> bool:
+        """Whether the process may still change (queued, running or terminating)."""
+        return process_id in self._table
+
+    # --- create, stop, wait, delete --------------------------------------------------
+
+    async def create(self, spec: StartSpec, idempotency_key: str | None = None) -> tuple[Process, bool]:
+        """Create a record and start (or queue) it. Returns (record, created)."""
+        if self._runner.closing:
+            raise Unavailable("the daemon is shutting down")
+        allowed = self.config.allowed_programs
+        if allowed and spec.argv[0] not in allowed:
+            raise Forbidden(f"program {spec.argv[0]!r} is not in allowed_programs")
+        fingerprint = spec.fingerprint() if idempotency_key else None
+        if idempotency_key:
+            existing = await self.registry.by_idempotency_key(idempotency_key)
+            if existing is not None:
+                return _check_replay(existing, fingerprint), False
+        return await self._tasks.owned(self._runner.create(
+            spec, idempotency_key, fingerprint, lambda found: _check_replay(found, fingerprint)))
+
+    async def stop(self, process_id: int, *, grace: float | None = None,
+                   sig: int = signal.SIGTERM, escalate: bool = True) -> Process:
+        """Kill/stop: queued → idle/canceled; running → terminating (then idle/canceled).
+
+        ``escalate=False`` sends ``sig`` only and never SIGKILL (psys's route);
+        :meth:`force_kill` can still finish such a stop. NotFound for an unknown
+        id; Conflict when it is already idle or terminating.
+        """
+        proc = self._table.get(process_id)
+        if proc is None:
+            await self.get(process_id)                # NotFound, or it exists but is idle
+            proc = self._table.get(process_id)
+            if proc is None:
+                raise Conflict(f"process {process_id} is already idle")
+        return await self._runner.terminating.stop(proc, grace, sig, escalate)
+
+    async def terminate(self, process_id: int, grace: float) -> tuple[Process, bool]:
+        """Stop (SIGTERM, SIGKILL after ``grace``) and wait for the whole tree to go.
+
+        Returns the record and whether it became idle in time. Raises as :meth:`stop`.
+        """
+        await self.stop(process_id, grace=grace)
+        return await self.wait(process_id, grace + KILL_WAIT + 1)
+
+    async def force_kill(self, process_id: int) -> Process:
+        """SIGKILL the whole tree now, whatever stop is under way; returns the idle record."""
+        proc = self._table.get(process_id)
+        if proc is not None and proc.state in STOPPABLE:
+            await self.stop(process_id, grace=0, sig=signal.SIGKILL)
+        elif proc is not None and proc.state is State.TERMINATING:
+            self._trees.kill_stopping(process_id)
+        record, _ = await self.wait(process_id, KILL_WAIT + 1)
+        return record
+
+    async def abandon(self, process_id: int) -> None:
+        """The client that started a run went away: stop the run unless it has its own
+        timeout (then it ends by itself); never leave a run without a deadline unattended."""
+        proc = self._table.get(process_id)
+        if proc is None or proc.timeout is not None:
+            return
+        try:
+            await self.stop(process_id)
+        except ApiError:
+            pass  # it ended (or is ending) meanwhile, or its stop could not be recorded
+
+    async def wait(self, process_id: int, timeout: float | None) -> tuple[Process, bool]:
+        """The record once idle (True), or as it is when ``timeout`` passes (False).
+
+        Liveness is checked before anything is awaited: a record leaves the table
+        only after its idle write settled (committed, or kept unsaved in memory,
+        which :meth:`get` serves), so a record that is not live reads back idle
+        (or not at all: NotFound).
+        """
+        if process_id not in self._table:
+            record = await self.get(process_id)
+            return record, record.state in SETTLED
+        # A bare future and timer rather than wait_for(shield(...)): the waiter is this
+        # caller's alone, and each wrapper would add a turn of the loop to every wake-up.
+        waiter: asyncio.Future[Process | None] = self._loop.create_future()
+        self._table.add_waiter(process_id, waiter)
+        timer = None if timeout is None else self._loop.call_later(timeout, resolve, waiter)
+        try:
+            final = await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._table.remove_waiter(process_id, waiter)
+        if final is None:  # timed out
+            return await self.get(process_id), False
+        return final, True
+
+    async def delete(self, process_id: int) -> None:
+        """Forget an idle record and its output. Conflict unless idle."""
+        await self.get(process_id)
+        proc = self._table.get(process_id)
+        if proc is not None:
+            raise Conflict(f"process {process_id} is {proc.state.value}, not idle")
+        recent = self._table.recent
+        recent.forget(process_id)
+        try:
+            await self.registry.delete(process_id)
+        finally:
+            recent.forget(process_id)  # and what a read racing the deletion kept
+        self._unsaved.forget(process_id)
+        self.outputs.remove(process_id)
+        self.log.info("process.deleted", process_id=process_id)
+
+    # --- signals and pids ------------------------------------------------------------
+
+    @staticmethod
+    def is_signal(number: int) -> bool:
+        return number in oskit.valid_signals()
+
+    @staticmethod
+    def signal_number(value: str | int) -> int:
+        """A signal given by name or number; ValueError if there is no such signal."""
+        return oskit.signal_number(value)
+
+    def send_signal(self, process_id: int, sig: int, *, group: bool = False,
+                    terminating_ok: bool = False) -> bool:
+        """Deliver ``sig`` to a running process (or its group); state is unchanged.
+
+        Returns False if the process already exited. Conflict if it is not running
+        (nor terminating, with ``terminating_ok``).
+        """
+        proc = self._table.get(process_id)
+        child = self._children.get(process_id)
+        allowed = ACTIVE if terminating_ok else SIGNALLABLE
+        if proc is None or proc.state not in allowed or child is None:
+            state = proc.state.value if proc else "idle"
+            raise Conflict(f"process {process_id} is not running (it is {state})")
+        if group and child.own:
+            return oskit.signal_group(child.pid, sig)
+        return oskit.pidfd_signal(child.pidfd, sig)
+
+    async def signal_unmanaged(self, pid: int, sig: int, grace: float | None = None) -> bool:
+        """Signal a process Stablehand did not start (only with ``allow_unmanaged``).
+
+        With ``grace``: wait that long for it to exit, then SIGKILL and wait again.
+        Returns whether it is gone (True without ``grace``). Raises
+        ProcessLookupError / PermissionError like kill(2).
+        """
+        return await self._trees.signal_unmanaged(pid, sig, grace)
+
+    async def record_for_pid(self, pid: int) -> Process | None:
+        """The newest record whose process ran as OS ``pid`` (compat routes address by pid)."""
+        record = await self.registry.newest_by_pid(pid)
+        unsaved = self._unsaved.newest_with_pid(pid)
+        if unsaved is not None and (record is None or unsaved.id >= record.id):
+            return unsaved
+        return record if record is None else (self._unsaved.get(record.id) or record)
+
+    def is_live_leader(self, record: Process) -> bool:
+        """Whether ``record``'s process is the one still running under its pid."""
+        child = self._children.get(record.id)
+        return child is not None and child.pid == record.pid and not child.exited.done()
+
+    @staticmethod
+    def pid_exists(pid: int) -> bool:
+        return oskit.process_exists(pid)
+
+    # --- output and stdin ------------------------------------------------------------
+
+    async def output_reader(self, process_id: int, stream: str) -> OutputReader:
+        """A stream to read in bounded chunks off the loop (how the HTTP routes read output);
+        the dropped mark is looked up at each read, so bytes dropped meanwhile are never sent."""
+        record = self._table.get(process_id) or await self.get(process_id)
+        return self._stdio.reader(record, stream)
+
+    async def write_stdin(self, process_id: int, data: bytes, timeout: float = 30.0) -> int:
+        """Write to a child started with ``stdin: "pipe"``, never blocking the loop."""
+        if process_id not in self._table:
+            await self.get(process_id)  # NotFound for an unknown id
+        return await self._stdio.write(process_id, data, timeout)
+
+    def stdin_open(self, process_id: int) -> bool:
+        """Whether the process has a stdin pipe that can still be written."""
+        return self._stdio.is_open(process_id)
+
+    async def close_stdin(self, process_id: int) -> None:
+        if process_id not in self._table:
+            await self.get(process_id)  # NotFound for an unknown id
+        self._stdio.close(process_id)
+
+
+def _check_replay(existing: Process, fingerprint: str | None) -> Process:
+    if existing.request_hash != fingerprint:
+        raise Conflict("Idempotency-Key was already used with a different request body")
+    return existing
+

@@ -1,0 +1,311 @@
+"""A record's way from created to idle: admission, spawn, exit, finish.
+
+**Persist intent, then act.** Each transition is applied to the in-memory record
+(:meth:`ProcessTable.apply`) and its write queued to the registry in the same
+synchronous step (so writes keep the order of events), and the commit is awaited
+before the action it announces: a child is spawned only once ``running`` is
+committed (a signal only once ``terminating`` is: terminating.py).
+
+What a failed write costs here (the rest of issue 15 is in the package docstring):
+
+* *The daemon's own intent* to run a queued record: if ``running`` cannot be
+  committed the child is never spawned; the record ends idle/failed ("not
+  started: storage is failing ...") and frees its slot.
+* *A spawned child's pid*: if it cannot be committed, the child's tree is
+  SIGKILLed and the record ends idle/failed (:meth:`Runner._abandon`). The
+  create request then gets its 201 with that failed record, never a 503: a 503
+  always means that nothing was spawned.
+* Anything else that fails between a record's insert and its child running
+  (output files, a spawn error of any kind) ends the record idle/failed with the
+  error and frees its slot: :meth:`Runner.spawn` never raises for those.
+
+The hot paths are create → spawn and exit → idle: neither awaits anything but
+the commits it must, and an exit's idle write is queued in the same turn of the
+loop as its reap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .. import oskit
+from ..config import Config
+from ..model import ACTIVE, Event, Process, StartSpec, State, iso_to_epoch, now_iso, transition
+from ..output import OutputStore
+from ..registry import DuplicateKey, Registry, RegistryError, StorageError
+from .children import Child, Children, Markers
+from .stdio import Stdio
+from .stopping import Trees
+from .table import ProcessTable
+from .tasks import Tasks
+from .terminating import Terminating, message_of, wall
+from .unsaved import UnsavedRecords
+
+DEVNULL = os.devnull
+
+Listener = Callable[[Process], None]
+
+
+class Runner:
+    """Drives every transition the daemon makes on its own; owns the children."""
+
+    def __init__(self, config: Config, registry: Registry, outputs: OutputStore, log: Any,
+                 table: ProcessTable, unsaved: UnsavedRecords, tasks: Tasks, markers: Markers,
+                 listeners: list[Listener]) -> None:
+        self.loop = loop = asyncio.get_running_loop()
+        self.config = config
+        self.registry = registry
+        self.outputs = outputs
+        self.log = log
+        self.table = table
+        self.unsaved = unsaved
+        self.tasks = tasks
+        self.markers = markers
+        self.listeners = listeners
+        self.write = unsaved.write
+        self.children = Children(loop, log, self._on_exit)
+        self.trees = Trees(loop, log, config, self.children, markers)
+        self.stdio = Stdio(loop, log, config, outputs, table, self.children, unsaved)
+        self.terminating = Terminating(self)
+        self.closing = False
+        self.admission: dict[int, asyncio.Future[None]] = {}  # id -> its `running` write
+        self.abandoned: set[int] = set()            # spawned, pid not committed: being killed
+        self.last_busy = 0.0                        # loop time of the last start or stop
+
+    # --- creation and admission ------------------------------------------------------
+
+    async def create(self, spec: StartSpec, key: str | None, fingerprint: str | None,
+                     replay: Callable[[Process], Process]) -> tuple[Process, bool]:
+        """Insert a record and start (or queue) it. A reused Idempotency-Key found only by
+        the insert is answered by ``replay`` with the existing record."""
+        event = Event.ADMIT if self.table.has_slot() and not self.table.queue else Event.ENQUEUE
+        state, _ = transition(None, event)
+        proc = Process(id=0, state=state, argv=spec.argv, created_at=now_iso(), ref=spec.ref,
+                       command=spec.command, env=spec.env, cwd=spec.cwd, timeout=spec.timeout,
+                       grace=spec.grace, stdin=spec.stdin, stdout_mode=spec.stdout_mode,
+                       stderr_mode=spec.stderr_mode, idempotency_key=key,
+                       request_hash=fingerprint)
+        self.table.reserve(proc)
+        try:
+            proc.id = await self.registry.insert(proc.columns() | {"id": None})
+        except DuplicateKey:
+            self._unreserve(proc)
+            existing = await self.registry.by_idempotency_key(key or "")
+            if existing is None:
+                raise
+            return replay(existing), False
+        except BaseException as exc:
+            self._unreserve(proc)
+            if isinstance(exc, StorageError):
+                self.log.warning("process.not_created", error=exc.message)
+                raise StorageError(f"{exc.message}; the process was not created") from None
+            raise  # WriteRejected (a 400) among others: this request alone fails
+        self.table.insert(proc)
+        self.log.info("process.created", process_id=proc.id, state=proc.state.value, argv=proc.argv)
+        self.emit(proc)
+        if state is State.RUNNING:
+            await self.spawn(proc)  # never raises for a failure before the child runs
+            return proc.copy(), True
+        snapshot = proc.copy()
+        self.table.queue.append(proc.id)
+        self.admit()  # a slot may have been freed while the insert was committing
+        return snapshot, True
+
+    def _unreserve(self, proc: Process) -> None:
+        """A record whose insert failed never existed: the slot it held goes to the queue."""
+        self.table.unreserve(proc)
+        if proc.state in ACTIVE:
+            self.admit()
+
+    def admit(self) -> None:
+        """Start queued records, oldest first, while slots are free."""
+        while not self.closing and (proc := self.table.next_admissible()) is not None:
+            self.table.apply(proc, Event.ADMIT)
+            commit = self.admission[proc.id] = self.write(proc, state=proc.state)
+            self.tasks.spawn(self._admit_one(proc, commit))
+
+    async def _admit_one(self, proc: Process, commit: asyncio.Future[None]) -> None:
+        try:
+            await commit
+        except RegistryError:
+            pass  # after_admission reads the outcome
+        if self.admission.get(proc.id) is commit and proc.state is State.RUNNING:
+            await self.after_admission(proc)
+        # else a kill began meanwhile: it finishes the record, or undoes itself and
+        # hands the record back to after_admission (Terminating.undo)
+
+    async def after_admission(self, proc: Process) -> None:
+        """Spawn an admitted record once ``running`` is committed; if that commit
+        failed, never spawn it: it ends idle/failed and frees its slot."""
+        commit = self.admission.pop(proc.id)
+        error = commit.exception()
+        if error is not None:
+            await self.finish(proc, Event.SPAWN_FAILED, error=f"not started: {message_of(error)}")
+            return
+        self.emit(proc)
+        await self.spawn(proc)
+
+    # --- spawning --------------------------------------------------------------------
+
+    async def spawn(self, proc: Process) -> None:
+        """Start a record that is committed as running (unless it was killed meanwhile).
+
+        Never raises for what fails before the child runs: the record ends
+        idle/failed with the error and frees its slot. A pid that cannot be
+        committed costs the child its life (:meth:`_abandon`).
+        """
+        if proc.state is not State.RUNNING:
+            return  # killed between admission and spawn: the kill path finishes it
+        self.note_busy()
+        try:
+            stdout, stderr = self.outputs.prepare(proc.id)
+            stdout = DEVNULL if proc.stdout_mode == "discard" else stdout
+            stderr = DEVNULL if proc.stderr_mode == "discard" else stderr
+            spawned = oskit.spawn(proc.argv, self.markers.env(proc), proc.cwd, stdout, stderr,
+                                  stdin_pipe=proc.stdin == "pipe")
+        except Exception as exc:  # whatever it is, nothing runs: say why on the record
+            if not isinstance(exc, (oskit.SpawnError, OSError)):
+                self.log.error("process.spawn_error", process_id=proc.id, error=repr(exc))
+            await self.finish(proc, Event.SPAWN_FAILED, error=str(exc) or type(exc).__name__)
+            return
+        child = self.children.new(proc.id, spawned.pid, -1, spawned.pidfd, own=True,
+                                  stdin_fd=spawned.stdin_fd)
+        self.children.watch(child)
+        proc.pid, proc.boot_id, proc.started_at = spawned.pid, self.markers.boot_id, now_iso()
+        commit = self.write(proc, pid=proc.pid, boot_id=proc.boot_id, started_at=proc.started_at)
+        self.arm_timeout(proc, child)
+        self.log.info("process.spawned", process_id=proc.id, pid=spawned.pid)
+        try:
+            await commit
+        except RegistryError as exc:
+            await self._abandon(proc, child, exc)
+            return
+        # The start time proves identity after a restart. It is read only now, once
+        # the child is past exec (reading /proc/<pid>/stat during exec waits on it);
+        # until it is stored, a restarted daemon identifies the child by its
+        # STABLEHAND_ID marker instead. Our own unreaped child cannot be recycled.
+        ticks = None if child.exited.done() else oskit.start_ticks(spawned.pid)
+        if ticks is not None:
+            child.ticks = proc.pid_start_time = ticks
+            self.write(proc, pid_start_time=ticks)
+
+    async def _abandon(self, proc: Process, child: Child, error: BaseException) -> None:
+        """The pid of a child just spawned could not be committed: kill its tree, fail the record.
+
+        Its creator is told the start failed (and a daemon restarted meanwhile
+        would know the child only by its marker). A child that already ended
+        decides the record's end instead, and so does a kill under way, once
+        committed (if its ``terminating`` fails too, the undo leaves it to us).
+        """
+        if proc.state is State.IDLE or child.exited.done():
+            return
+        self.abandoned.add(proc.id)
+        if child.timer is not None:
+            child.timer.cancel()
+            child.timer = None
+        self.log.warning("process.abandoned", process_id=proc.id, pid=child.pid,
+                         error=message_of(error))
+        try:
+            members = self.trees.signal_tree(child, signal.SIGKILL, {})
+            status = await self.trees.stop_members(child, members, 0)
+        finally:
+            self.abandoned.discard(proc.id)
+        if proc.state is State.RUNNING:
+            await self.finish(proc, Event.SPAWN_FAILED, status=status, error=(
+                f"stopped right after it started: its pid could not be recorded ({message_of(error)})"))
+
+    def arm_timeout(self, proc: Process, child: Child) -> None:
+        if proc.timeout is None:
+            return
+        started = iso_to_epoch(proc.started_at) or wall()
+        delay = max(0.0, started + proc.timeout - wall())
+        child.timer = self.loop.call_later(delay, self.terminating.expire, proc.id)
+
+    def note_busy(self) -> None:
+        """A start or a stop: spare output files are made only once the daemon is quiet again."""
+        self.last_busy = self.loop.time()
+        self.outputs.pause_refill()
+
+    def grace_of(self, proc: Process) -> float:
+        return proc.grace if proc.grace is not None else self.config.grace
+
+    # --- exits -----------------------------------------------------------------------
+
+    def _on_exit(self, child: Child, status: oskit.ExitStatus | None) -> None:
+        proc = self.table.get(child.id)
+        if proc is None or proc.state is not State.RUNNING or proc.id in self.abandoned:
+            return  # terminating (or abandoned): the stop task finishes the record
+        self.settle_exit(proc, child, status)
+
+    def settle_exit(self, proc: Process, child: Child, status: oskit.ExitStatus | None) -> None:
+        """Finish a running record whose leader exited, and sweep what it left in its group."""
+        if status is not None and status.code == 0:
+            event, error = Event.EXITED_OK, None
+        elif status is None:
+            event, error = Event.EXITED_ERROR, ("exit status unknown: the process was re-adopted "
+                                                "after a daemon restart and is not the daemon's child")
+        elif status.signal:
+            event, error = Event.EXITED_ERROR, f"killed by {status.signal_name}"
+        else:
+            event, error = Event.EXITED_ERROR, f"exited with status {status.code}"
+        self.finish(proc, event, status=status, error=error)
+        if oskit.group_has_members(child.pid):
+            self.tasks.spawn(self.trees.sweep(child))
+
+    # --- finishing -------------------------------------------------------------------
+
+    def finish(self, proc: Process, event: Event, *, status: oskit.ExitStatus | None = None,
+               error: str | None = None) -> asyncio.Task[None]:
+        """Move a record to idle and free its slot now; the returned (owned) task
+        completes once idle is committed and the record's waiters are woken.
+
+        The write is queued before this returns, not when a task first runs, so
+        an exit's commit starts in the same turn of the loop as its reap.
+        """
+        held_slot = proc.state in ACTIVE
+        if held_slot:
+            self.stdio.cap_output(proc)
+            self.outputs.finished(proc.id)
+        self.table.apply(proc, event)
+        proc.completed_at = now_iso()
+        if status is not None:
+            proc.exit_code, proc.exit_signal = status.code, status.signal_name
+        if error is not None:
+            proc.error = _storable(error)
+        commit = self.write(
+            proc, state=proc.state, exit_state=proc.exit_state, completed_at=proc.completed_at,
+            exit_code=proc.exit_code, exit_signal=proc.exit_signal, error=proc.error,
+            stdout_dropped=proc.stdout_dropped, stderr_dropped=proc.stderr_dropped)
+        if held_slot:
+            self.admit()  # the slot it held is free
+        return self.tasks.spawn(self.finished(proc, commit))
+
+    async def finished(self, proc: Process, commit: Awaitable[None]) -> None:
+        try:
+            await commit
+        except RegistryError:
+            pass  # the end happened: it is kept unsaved in memory and saved later (unsaved.py)
+        finally:
+            self.table.discard(proc.id)  # only now: waiters registered meanwhile are still woken
+        self.log.info("process.exited", process_id=proc.id,
+                      exit_state=proc.exit_state and proc.exit_state.value,
+                      exit_code=proc.exit_code, exit_signal=proc.exit_signal, error=proc.error)
+        self.table.settled(proc)
+        self.emit(proc)
+
+    def emit(self, proc: Process) -> None:
+        """Tell the listeners (events, metrics) of a committed change."""
+        snapshot = proc.copy()
+        for listener in self.listeners:
+            listener(snapshot)
+
+
+def _storable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates, say from a file name) escaped,
+    so SQLite can store it and JSON can carry it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+

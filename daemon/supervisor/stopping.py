@@ -1,0 +1,242 @@
+"""Stopping a child's whole tree, and nothing but its tree.
+
+* **Never signal a stranger.** Our own unreaped children are signalled through
+  the pidfd taken at spawn (and their process group, safe while the leader is
+  unreaped); every other process of the tree is signalled through a pidfd
+  opened first and then checked against its start ticks.
+* **No strays.** Stopping takes the whole tree: the group, the session,
+  descendants by parent links and orphans re-parented to us that carry the
+  process's ``STABLEHAND_ID``. When a leader exits on its own, whatever it left
+  in its process group is stopped too (:meth:`Trees.sweep`, as systemd does for
+  a service's cgroup); a marked process the registry says should not exist is
+  stopped at start-up (:meth:`Trees.stop_stray`).
+
+This module knows processes, not records: what a stop means for a record (its
+states, its writes) is in terminating.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+from typing import Any
+
+from .. import oskit
+from ..config import Config
+from .children import ID_VAR, INSTANCE_VAR, Child, Children, Markers, resolve_once
+
+KILL_WAIT = 5.0          # after SIGKILL, how long to wait for the tree to vanish
+ORPHAN_SETTLE = 0.25     # how long an orphan whose marker cannot be read may hold up a stop
+ORPHAN_RECHECK = 0.002   # how often a stop looks again at such an orphan
+
+
+@dataclasses.dataclass(slots=True)
+class _Adopted:
+    """The orphans re-parented to the daemon, as read in one turn of the loop."""
+
+    by_id: dict[str, list[oskit.ProcInfo]] = dataclasses.field(default_factory=dict)
+    unsettled: bool = False   # an orphan first seen < ORPHAN_SETTLE ago could not be told
+
+
+class Trees:
+    def __init__(self, loop: asyncio.AbstractEventLoop, log: Any, config: Config,
+                 children: Children, markers: Markers) -> None:
+        self._loop = loop
+        self._log = log
+        self._config = config
+        self._children = children
+        self._markers = markers
+        self.stop_sets: dict[int, dict[int, int]] = {}    # id -> tree members being stopped
+        self._adopted_now: _Adopted | None = None
+        self._unsure_since: dict[tuple[int, int], float] = {}  # (pid, ticks) → first seen
+
+    def signal_tree(self, child: Child, sig: int, known: dict[int, int]) -> dict[int, int]:
+        """Signal the leader (if unreaped), its group and every member of its tree.
+
+        ``known`` maps member pids to verified pidfds already held; new members
+        are added to it. Returns it.
+        """
+        leader_reaped = child.exited.done()
+        ours = self._children.by_pid
+        for info in self._tree(child, leader_reaped):
+            if info.pid not in known and info.pid not in ours:
+                fd = oskit.open_verified_pidfd(info.pid, info.start_ticks)
+                if fd is not None:
+                    known[info.pid] = fd
+        if not leader_reaped:
+            oskit.pidfd_signal(child.pidfd, sig)
+            if child.own:  # a re-adopted leader is reaped by someone else: no killpg by pid
+                oskit.signal_group(child.pid, sig)
+        for fd in known.values():
+            oskit.pidfd_signal(fd, sig)
+        return known
+
+    def _tree(self, child: Child, leader_reaped: bool) -> list[oskit.ProcInfo]:
+        """The members of a child's tree, the leader excluded.
+
+        For our own children this walks parent links only: the daemon is a
+        subreaper, so every process the leader started is still its descendant
+        or has been re-parented to the daemon (an orphan that carries the
+        record's STABLEHAND_ID). Group and session members are among those.
+        A re-adopted leader is not under us, so its tree is read from a full
+        scan of /proc (group, session and descendants).
+        """
+        if not child.own:
+            table = oskit.proc_table()
+            return oskit.tree_of(child.pid, child.ticks, leader_reaped, table)
+        members = [] if leader_reaped else oskit.descendants(child.pid, child.ticks)
+        for orphan in self._orphans_of(child.id):
+            members.append(orphan)
+            members += oskit.descendants(orphan.pid, orphan.start_ticks)
+        return members
+
+    def _orphans_of(self, process_id: int) -> list[oskit.ProcInfo]:
+        """Our direct children that are not leaders but carry this record's STABLEHAND_ID."""
+        return self._adopted().by_id.get(str(process_id), [])
+
+    async def has_late_orphans(self, process_id: int) -> bool:
+        """Whether orphans of this record are left once a stop's pass is over.
+
+        An orphan caught inside ``execve`` shows no environment for a moment (see
+        :func:`oskit.environ_marker`), so while a newly seen orphan cannot be told,
+        this looks again every ORPHAN_RECHECK for up to ORPHAN_SETTLE from when it
+        was first seen. An orphan that stays unreadable (an emptied environment,
+        another user's setuid program) is never signalled: it is not known to be
+        ours. It holds up only the stops that see it in its first ORPHAN_SETTLE.
+        """
+        while True:
+            adopted = self._adopted()
+            if str(process_id) in adopted.by_id:
+                return True
+            if not adopted.unsettled:
+                return False
+            await asyncio.sleep(ORPHAN_RECHECK)
+
+    def _adopted(self) -> _Adopted:
+        """Orphans re-parented to the daemon, by the STABLEHAND_ID they carry.
+
+        The daemon's children list holds every child it runs, so reading it per
+        stop made a mass stop quadratic. It is read at most once per turn of the
+        event loop and shared by every stop begun in that turn. A process
+        orphaned after the read is caught by the pass that a stop makes once
+        the leader is gone (terminating.py).
+        """
+        if self._adopted_now is None:
+            now = self._loop.time()
+            adopted = _Adopted()
+            unsure: dict[tuple[int, int], float] = {}
+            for pid in oskit.adopted_children():
+                if pid in self._children.by_pid:
+                    continue
+                info = oskit.proc_info(pid)
+                if info is None or info.zombie:
+                    continue
+                marker = self._markers.read(pid)
+                if marker is None:
+                    key = (pid, info.start_ticks)
+                    first_seen = unsure[key] = self._unsure_since.get(key, now)
+                    adopted.unsettled |= now - first_seen < ORPHAN_SETTLE
+                elif ID_VAR in marker and marker.get(INSTANCE_VAR) == self._markers.instance:
+                    adopted.by_id.setdefault(marker[ID_VAR], []).append(info)
+            self._unsure_since = unsure
+            self._adopted_now = adopted
+            self._loop.call_soon(self._forget_adopted)
+        return self._adopted_now
+
+    def _forget_adopted(self) -> None:
+        self._adopted_now = None
+
+    async def stop_members(self, child: Child, members: dict[int, int],
+                           grace: float | None) -> oskit.ExitStatus | None:
+        """Wait up to ``grace`` (None: forever) for the tree to go, then SIGKILL what is left.
+
+        Closes the members' pidfds; returns the leader's exit status if it is known.
+        """
+        try:
+            if not await self._wait_gone(child, members, grace):
+                self._log.info("process.escalating", process_id=child.id, signal="SIGKILL")
+                self.signal_tree(child, signal.SIGKILL, members)
+                if not await self._wait_gone(child, members, KILL_WAIT):
+                    self._log.warning("process.unkillable", process_id=child.id)
+        finally:
+            for fd in members.values():
+                oskit.close_fd(fd)
+        return child.exited.result() if child.exited.done() else None
+
+    async def _wait_gone(self, child: Child, members: dict[int, int], timeout: float | None) -> bool:
+        waits: list[asyncio.Future[Any]] = [child.exited]
+        readers = []
+        for fd in members.values():
+            future = self._loop.create_future()
+            self._loop.add_reader(fd, resolve_once, self._loop, fd, future)
+            readers.append(fd)
+            waits.append(future)
+        try:
+            pending = [w for w in waits if not w.done()]
+            if pending:
+                _, pending_set = await asyncio.wait(pending, timeout=timeout)
+                return not pending_set
+            return True
+        finally:
+            for fd in readers:
+                self._loop.remove_reader(fd)
+
+    def kill_stopping(self, process_id: int) -> None:
+        """SIGKILL the tree of a stop under way now, without waiting for its grace."""
+        child = self._children.get(process_id)
+        members = self.stop_sets.get(process_id)
+        if child is not None and members is not None:
+            self.signal_tree(child, signal.SIGKILL, members)
+
+    async def sweep(self, child: Child) -> None:
+        """Stop what an exited leader left behind in its group."""
+        members = self.signal_tree(child, signal.SIGTERM, {})
+        if members:
+            self._log.info("process.stragglers", process_id=child.id, count=len(members))
+        await self.stop_members(child, members, self._config.grace)
+
+    async def stop_stray(self, process_id: int, info: oskit.ProcInfo) -> None:
+        """A process of ours that the registry says should not exist: stop it."""
+        pidfd = oskit.open_verified_pidfd(info.pid, info.start_ticks)
+        if pidfd is None:
+            return
+        self._log.warning("process.stray", process_id=process_id, pid=info.pid)
+        child = self._children.new(process_id, info.pid, info.start_ticks, pidfd, own=False)
+        self._loop.add_reader(pidfd, resolve_once, self._loop, pidfd, child.exited)
+        try:
+            members = self.signal_tree(child, signal.SIGTERM, {})
+            await self.stop_members(child, members, self._config.grace)
+        finally:
+            self._loop.remove_reader(pidfd)
+            oskit.close_fd(pidfd)
+
+    async def signal_unmanaged(self, pid: int, sig: int, grace: float | None = None) -> bool:
+        """Signal a process Stablehand did not start (only with ``allow_unmanaged``).
+
+        With ``grace``: wait that long for it to exit, then SIGKILL and wait again.
+        Returns whether it is gone (True without ``grace``). Raises
+        ProcessLookupError / PermissionError like kill(2).
+        """
+        pidfd = oskit.open_pidfd(pid)
+        try:
+            oskit.send_via_pidfd(pidfd, sig)
+            if grace is None:
+                return True
+            gone: asyncio.Future[None] = self._loop.create_future()
+            self._loop.add_reader(pidfd, resolve_once, self._loop, pidfd, gone)
+            try:
+                await asyncio.wait_for(asyncio.shield(gone), grace)
+                return True
+            except TimeoutError:
+                oskit.pidfd_signal(pidfd, signal.SIGKILL)
+            try:
+                await asyncio.wait_for(gone, KILL_WAIT)
+                return True
+            except TimeoutError:
+                return False
+            finally:
+                if not gone.done():
+                    self._loop.remove_reader(pidfd)
+        finally:
+            oskit.close_fd(pidfd)
