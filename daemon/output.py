@@ -12,8 +12,9 @@ what the child wrote. Reads never return bytes below the dropped mark. The mark
 moves on the event loop; the punch itself runs on a thread of its own (on ext4
 with ``discard`` a punch can take seconds).
 
-This module is the only place that reads output files. The HTTP routes read
-through :class:`OutputReader`: chunks of at most READ_CHUNK bytes, each read on
+This module (with :mod:`daemon.output_read`, which holds the reader and whose
+names it re-exports) is the only place that reads output files. The HTTP routes
+read through :class:`OutputReader`: chunks of at most READ_CHUNK bytes, each read on
 one of the store's reader threads, so no output, however large, is ever whole
 in memory, and no read blocks the event loop.
 
@@ -57,7 +58,7 @@ import itertools
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,7 +66,9 @@ from typing import Any, TypeVar
 import structlog
 
 from .config import SPARE_OUTPUTS as SPARES
-from .errors import StablehandError
+from .output_read import READ_CHUNK as READ_CHUNK  # re-exported: callers import them from here
+from .output_read import OutputOverrun as OutputOverrun
+from .output_read import OutputReader as OutputReader
 
 STREAMS = ("stdout", "stderr")
 _BATCH = 128          # files per spare directory
@@ -77,7 +80,6 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 _BLOCK = 4096
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _libc = ctypes.CDLL(None, use_errno=True)
-READ_CHUNK = 256 * 1024   # bytes per read: the most one reader holds in memory at a time
 READ_THREADS = 4          # output reads in flight at once (a slow disk never blocks the loop)
 _T = TypeVar("_T")
 log = structlog.get_logger("stablehand.output")
@@ -309,78 +311,6 @@ class OutputStore:
     def remove(self, process_id: int) -> None:
         for stream in STREAMS:
             _remove(self.path(process_id, stream))
-
-
-class OutputOverrun(StablehandError):
-    """Bytes a reader was streaming were dropped (the output cap) before it could read them."""
-
-
-class OutputReader:
-    """One stream of one process, read in chunks of at most READ_CHUNK bytes on the
-    store's reader threads.
-
-    This is how every HTTP route reads output: a 60 MB stream is never in memory
-    at once (each reader holds one chunk), and no read, however slow the disk,
-    runs on the event loop. Each read opens the file afresh (a few microseconds
-    next to the read itself), so a file that does not exist yet simply reads as
-    empty, and a reader holds no descriptor between reads.
-    """
-
-    def __init__(self, store: OutputStore, path: str, dropped: Callable[[], int]) -> None:
-        self._store = store
-        self._path = path
-        self.dropped = dropped
-
-    async def size(self) -> int:
-        """The file's size now (bytes written so far, dropped ones included)."""
-        return await self._store._in_thread(_file_size, self._path)
-
-    async def read(self, offset: int, limit: int = READ_CHUNK) -> tuple[int, bytes]:
-        """(start, data): at most ``min(limit, READ_CHUNK)`` bytes from ``max(offset, dropped)``."""
-        start = max(offset, self.dropped())
-        return start, await self._store._in_thread(_pread, self._path, start, min(limit, READ_CHUNK))
-
-    async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
-        """Exactly the bytes ``[start, end)`` (from a :meth:`size` snapshot), chunk by chunk.
-
-        Raises :class:`OutputOverrun` if some of them were dropped before they
-        were read: the caller has promised those bytes (Content-Length,
-        X-Output-Next) and must not send zeros from a punched hole instead.
-        """
-        position = start
-        while position < end:
-            want = min(READ_CHUNK, end - position)
-            got, data = await self.read(position, want)
-            # The mark is looked at again after the read: bytes are punched only after
-            # the mark has moved past them, so a mark still <= position means the
-            # bytes read were the real ones.
-            if got != position or len(data) != want or self.dropped() > position:
-                raise OutputOverrun(f"bytes from {position} were dropped while being read")
-            position += want
-            yield data
-
-
-def _file_size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _pread(path: str, offset: int, limit: int) -> bytes:
-    """At most ``limit`` bytes at ``offset``; nothing past the end (clients choose the offset,
-    up to 2**63 - 1, which pread would refuse past the filesystem's largest file)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return b""
-    try:
-        available = os.fstat(fd).st_size - offset
-        if available <= 0 or limit <= 0:
-            return b""
-        return os.pread(fd, min(limit, available), offset)
-    finally:
-        os.close(fd)
 
 
 def _can_punch_holes(directory: Path) -> bool:

@@ -1,0 +1,225 @@
+"""Identity, /proc reading and process-tree walks.
+
+Identity. A pid alone proves nothing: pids are recycled. A process is named here
+by (pid, start ticks): field 22 of /proc/<pid>/stat, the kernel's own start time
+in clock ticks since boot, exact and unchangeable. Whenever a signal must reach a
+process we did not just spawn, we open a pidfd first and only then check the
+start ticks: once the pidfd is open it pins that very process, so a check that
+passes after the open cannot be fooled by a recycle in between.
+
+/proc is read with ``os.open``/``os.read`` into bytes, not through text files:
+these reads sit on the stop path of every process, and a buffered text file
+costs several times the syscalls themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import psutil
+
+PROC = Path("/proc")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProcInfo:
+    pid: int
+    ppid: int
+    pgrp: int
+    session: int
+    start_ticks: int
+    zombie: bool = False   # exited, not yet reaped
+
+
+
+# --- identity ------------------------------------------------------------------
+
+def boot_id() -> str:
+    try:
+        return (PROC / "sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _read_proc(path: str) -> bytes | None:
+    """The whole of a /proc file, or None if it cannot be read (the process is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _parse_stat(pid: int, data: bytes) -> ProcInfo:
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = data[data.rindex(b")") + 2:].split()
+    return ProcInfo(pid=pid, ppid=int(fields[1]), pgrp=int(fields[2]), session=int(fields[3]),
+                    start_ticks=int(fields[19]), zombie=fields[0] == b"Z")
+
+
+def proc_info(pid: int) -> ProcInfo | None:
+    data = _read_proc(f"/proc/{pid}/stat")
+    try:
+        return None if data is None else _parse_stat(pid, data)
+    except (ValueError, IndexError):
+        return None
+
+
+def start_ticks(pid: int) -> int | None:
+    info = proc_info(pid)
+    return info.start_ticks if info else None
+
+
+def is_alive(pid: int, ticks: int | None) -> bool:
+    """True if ``pid`` is still the process that started at ``ticks`` (zombies count as gone)."""
+    info = proc_info(pid)
+    if info is None or ticks is None or info.start_ticks != ticks:
+        return False
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def proc_table() -> list[ProcInfo]:
+    """Every process on the machine, read once from /proc."""
+    table = []
+    for pid in psutil.pids():
+        info = proc_info(pid)
+        if info is not None:
+            table.append(info)
+    return table
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``, from /proc/<pid>/task/*/children (no full /proc scan).
+
+    Every thread's file is read: a child belongs to the thread that forked it.
+    """
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for tid in tasks:
+        found += _task_children(pid, tid)
+    return found
+
+
+def adopted_children() -> list[int]:
+    """This process's children that may have been re-parented to it (it is a subreaper).
+
+    Only the main thread's list is read: the kernel hands an orphan to the
+    subreaper's first live thread, its thread-group leader (``find_new_reaper``
+    and ``find_alive_thread`` in kernel/exit.c), while children spawned from
+    other threads are ours by pid anyway.
+    """
+    pid = os.getpid()
+    return _task_children(pid, pid)
+
+
+def _task_children(pid: int | str, tid: int | str) -> list[int]:
+    data = _read_proc(f"/proc/{pid}/task/{tid}/children")
+    try:
+        return [int(text) for text in data.split()] if data else []
+    except ValueError:
+        return []
+
+
+def descendants(pid: int, not_before: int) -> list[ProcInfo]:
+    """Every descendant of ``pid`` by parent links, started no earlier than ``not_before`` ticks."""
+    found: list[ProcInfo] = []
+    frontier = [pid]
+    seen = {pid}
+    while frontier:
+        for child in children_of(frontier.pop()):
+            info = proc_info(child)
+            if child in seen or info is None or info.start_ticks < not_before:
+                continue
+            seen.add(child)
+            found.append(info)
+            frontier.append(child)
+    return found
+
+
+def open_verified_pidfd(pid: int, ticks: int | None) -> int | None:
+    """A pidfd for ``pid`` if it is still the process that started at ``ticks``, else None."""
+    if ticks is None:
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if start_ticks(pid) != ticks:
+        os.close(fd)
+        return None
+    return fd
+
+
+def environ_marker(pid: int, names: Sequence[str]) -> dict[str, str] | None:
+    """The values of ``names`` in a process's environment ({} if it has none of them),
+    or None if it cannot be told: the environment cannot be read, or it is empty.
+
+    An empty environment is what ``/proc/<pid>/environ`` shows while a process
+    is inside ``execve``: the new mm has no ``env_end`` until the ELF loader
+    writes the stack (fs/proc/base.c, environ_read). A forked shell that execs
+    a marked command reads as unmarked for that moment, so "empty" must mean
+    "unknown", never "not ours".
+    """
+    try:
+        env = psutil.Process(pid).environ()
+    except (psutil.Error, OSError):
+        return None
+    if not env:
+        return None
+    return {name: env[name] for name in names if name in env}
+
+def process_exists(pid: int) -> bool:
+    return (PROC / str(pid)).exists()
+
+
+def tree_of(leader_pid: int, leader_ticks: int, leader_reaped: bool,
+            table: Iterable[ProcInfo] | None = None) -> list[ProcInfo]:
+    """The processes that belong to a child's tree, the leader excluded.
+
+    That is its descendants (by parent links), plus whatever is still in its
+    process group or session — the leader started both, so their ids equal its
+    pid. Once the leader has been reaped its pid could in principle be reused,
+    so group and session members are trusted only while no other process holds
+    that pid (the kernel does not hand out a pid still used as a group id).
+    """
+    table = list(proc_table() if table is None else table)
+    by_parent: dict[int, list[ProcInfo]] = {}
+    for info in table:
+        by_parent.setdefault(info.ppid, []).append(info)
+    members: dict[int, ProcInfo] = {}
+    holder = next((i for i in table if i.pid == leader_pid), None)
+    leader_is_ours = holder is not None and holder.start_ticks == leader_ticks and not leader_reaped
+    pid_is_free = holder is None
+    if leader_is_ours or pid_is_free:
+        for info in table:
+            if info.pid != leader_pid and (info.pgrp == leader_pid or info.session == leader_pid) \
+                    and info.start_ticks >= leader_ticks:
+                members[info.pid] = info
+    roots = [leader_pid] if leader_is_ours else []
+    roots += list(members)
+    while roots:
+        parent = roots.pop()
+        for info in by_parent.get(parent, ()):
+            if info.pid not in members and info.pid != leader_pid and info.start_ticks >= leader_ticks:
+                members[info.pid] = info
+                roots.append(info.pid)
+    return list(members.values())
+
+
