@@ -184,9 +184,14 @@ async def _slow_exec_over() -> bool:
 
 
 async def _process_running(cmdline: str) -> psutil.Process | None:
-    for proc in psutil.process_iter(["cmdline"]):
-        if " ".join(proc.info["cmdline"] or []) == cmdline:
-            return proc
+    """A process of this test run with that command line (the test process's own
+    descendants and orphans: another run of the suite on the machine is not ours)."""
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if " ".join(proc.cmdline()) == cmdline:
+                return proc
+        except psutil.Error:
+            continue
     return None
 
 
