@@ -13,7 +13,7 @@ Pragmas are per connection and set on every connect: WAL, synchronous=FULL
 (a commit survives power loss, not only a crash), foreign_keys, busy_timeout.
 
 Every write returns a future that settles once its batch has committed (or failed).
-Callers await it, or (the supervisor's ``_write``) attach a callback that keeps the
+Callers await it, or (the supervisor's ``UnsavedRecords.write``) attach a callback that keeps the
 record unsaved and logs ``registry.unsaved`` when it fails: no write's failure is lost.
 """
 
