@@ -3,33 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from daemon.http.protocol_errors import JsonErrorServer
 from tests.integration.rawhttp import send
-
-
-class _Served:
-    def __init__(self, port: int) -> None:
-        self.server = self
-        self.host, self.port = "127.0.0.1", port
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[Any]:
-    async def ok(request: web.BaseRequest) -> web.StreamResponse:
-        return web.json_response({"ok": True})
-
-    runner = web.ServerRunner(JsonErrorServer(ok, max_line_size=1024, max_field_size=1024))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield _Served(runner.addresses[0][1])
-    await runner.cleanup()
 
 
 @pytest.mark.parametrize("target,headers", [
@@ -38,11 +16,11 @@ async def served() -> AsyncIterator[Any]:
     ("/", {"X-Big": "b" * 2000}),                               # header too long
     ("/", {"Bad Header": "x"}),                                 # invalid header name
 ])
-async def test_parse_errors_are_json_and_not_logged_as_errors(served: Any, target: str,
+async def test_parse_errors_are_json_and_not_logged_as_errors(protocol_server: Any, target: str,
                                                               headers: dict[str, str],
                                                               caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    reply = await send(served, "GET", target, headers=headers)
+    reply = await send(protocol_server, "GET", target, headers=headers)
     assert reply.status == 400
     body = reply.json()
     assert body["error"].startswith("malformed request: ")
@@ -51,6 +29,6 @@ async def test_parse_errors_are_json_and_not_logged_as_errors(served: Any, targe
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-async def test_good_requests_are_untouched(served: Any) -> None:
-    reply = await send(served, "GET", "/")
+async def test_good_requests_are_untouched(protocol_server: Any) -> None:
+    reply = await send(protocol_server, "GET", "/")
     assert reply.status == 200 and reply.json() == {"ok": True}

@@ -8,14 +8,9 @@ app hook sees (protocol_errors.JsonErrorHandler sets it there).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-from aiohttp import web
-
 from daemon import __version__
-from daemon.http.protocol_errors import JsonErrorServer
 from tests.integration.rawhttp import send
 
 TOKEN = "server-header-token"
@@ -51,23 +46,6 @@ async def test_a_stream_names_stablehand(make_daemon: Any) -> None:
         assert response.status == 200 and response.content_type == "text/event-stream"
         _named(response.headers)
         assert await asyncio.wait_for(response.content.readline(), 10) == b": stablehand events\n"
-
-
-@pytest.fixture
-async def protocol_server() -> AsyncIterator[Any]:
-    async def ok(request: web.BaseRequest) -> web.StreamResponse:
-        return web.json_response({"ok": True})
-
-    runner = web.ServerRunner(JsonErrorServer(ok, max_line_size=1024, max_field_size=1024))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-
-    class Served:
-        server = type("Address", (), {"host": "127.0.0.1", "port": runner.addresses[0][1]})
-
-    yield Served
-    await runner.cleanup()
 
 
 async def test_a_malformed_request_is_refused_in_stablehands_name(protocol_server: Any) -> None:
