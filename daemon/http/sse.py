@@ -31,9 +31,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     queue, missed = hub.subscribe(last)
     response = streaming.event_stream()
     try:
-        await response.prepare(request)
-        if streaming.headers_only(request):
-            await response.write_eof()
+        if not await streaming.begin(request, response):
             return response
         await response.write(b": stablehand events\n\n")
         pending = list(missed)

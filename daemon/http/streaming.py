@@ -32,6 +32,16 @@ def headers_only(request: web.BaseRequest) -> bool:
     return request.method == "HEAD"
 
 
+async def begin(request: web.BaseRequest, response: web.StreamResponse) -> bool:
+    """Prepare a streaming response; False for a HEAD request, whose response is then
+    complete (headers only) and the handler returns it as it is."""
+    await response.prepare(request)
+    if headers_only(request):
+        await response.write_eof()
+        return False
+    return True
+
+
 def gone(request: web.BaseRequest) -> bool:
     """Whether the request's connection is closed or closing (its client left)."""
     transport = request.transport

@@ -109,9 +109,7 @@ async def output(request: web.Request) -> web.StreamResponse:
     response.enable_chunked_encoding()
     count = 0
     try:
-        await response.prepare(request)
-        if streaming.headers_only(request):
-            await response.write_eof()
+        if not await streaming.begin(request, response):
             return response
         await response.write(b'{"pid":' + dumps_bytes(record.pid) + b',"lines":[')
         for reader, end in zip(readers, ends, strict=True):
@@ -156,9 +154,7 @@ async def follow(request: web.Request) -> web.StreamResponse:
     name = _stream_name(request)
     response = streaming.event_stream()
     try:
-        await response.prepare(request)
-        if streaming.headers_only(request):
-            await response.write_eof()
+        if not await streaming.begin(request, response):
             return response
         async for stream, batch in follow_lines(request, record.id, _streams(name)):
             await response.write(output_events(stream if name == "output" else None, batch))
