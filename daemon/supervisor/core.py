@@ -279,10 +279,6 @@ class Supervisor:
     # --- signals and pids ------------------------------------------------------------
 
     @staticmethod
-    def is_signal(number: int) -> bool:
-        return number in oskit.valid_signals()
-
-    @staticmethod
     def signal_number(value: str | int) -> int:
         """A signal given by name or number; ValueError if there is no such signal."""
         return oskit.signal_number(value)

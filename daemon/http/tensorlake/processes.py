@@ -17,7 +17,7 @@ import signal
 from aiohttp import web
 
 from ...errors import ApiError, BadRequest, Conflict
-from ...model import State
+from ...model import ACTIVE, State
 from .. import parse, pids
 from ..jsonio import json_response
 from ..keys import supervisor_of
@@ -64,7 +64,7 @@ async def kill(request: web.Request) -> web.StreamResponse:
     supervisor = supervisor_of(request)
     record = await supervisor.record_for_pid(pid)
     try:
-        if record is not None and record.state in (State.RUNNING, State.TERMINATING) \
+        if record is not None and record.state in ACTIVE \
                 and supervisor.is_live_leader(record):
             await supervisor.force_kill(record.id)
         elif record is None and pids.allow_unmanaged(request):
