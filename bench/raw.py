@@ -24,7 +24,7 @@ def _spawn(argv: list[str]) -> int:
 
 async def _exit_of(loop: asyncio.AbstractEventLoop, pid: int, fd: int) -> None:
     done = loop.create_future()
-    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+    loop.add_reader(fd, lambda: None if done.done() else done.set_result(None))
     await done
     loop.remove_reader(fd)
     os.close(fd)

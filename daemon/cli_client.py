@@ -5,21 +5,8 @@ $STABLEHAND_TOKEN_FILE, $STABLEHAND_TOKEN, else the daemon's ``<state dir>/token
 for a loopback URL: see :func:`daemon.tokens.find`). ``stablehand token`` prints
 that token, for curl and other clients.
 
-``run`` runs where the caller is, with the caller's environment: the daemon's
-API stays explicit (an absolute ``cwd``, an ``env`` to add), so the CLI sends
-them. Decisions:
-
-* The working directory is the shell's ``$PWD`` when it names the current
-  directory (so a symlinked path stays as the user sees it), else the real
-  path; a relative ``--cwd`` is taken from there.
-* The environment sent is the caller's, minus what describes the caller's own
-  process to its own supervisor (``NOTIFY_SOCKET``, ``LISTEN_*``,
-  ``WATCHDOG_*``) and Stablehand's own variables (``STABLEHAND_*``: a token
-  must not reach a child), with ``PWD`` set to the child's directory. ``--env
-  KEY`` names a variable to pass anyway. The daemon adds what it sends to its
-  own environment, so with ``--clean-env`` a child still sees the daemon's
-  variables (PATH, HOME of the daemon's user), just none of the caller's.
-* The daemon keeps a record's environment in its registry (never served back).
+``run`` runs where the caller is, with the caller's environment: what it sends
+for ``cwd`` and ``env``, and why, is in :mod:`daemon.cli_caller`.
 
 ``ps`` lists every state, newest first, as the API does (not only the running
 ones, as ``docker ps`` does: a supervisor's finished jobs are what people look
@@ -38,13 +25,23 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+import time
 from pathlib import Path
 from typing import Any
 
 from . import tokens
+from .cli_caller import UsageError, child_env, resolve_cwd
 from .cli_format import ps_table, show_view
-from .cli_stream import EX_UNAVAILABLE, attach, exit_code_of, not_started_error, print_events, print_logs, say
+from .cli_stream import (
+    EX_UNAVAILABLE,
+    attach,
+    exit_code_of,
+    not_started_error,
+    print_events,
+    print_logs,
+    say,
+    since_argument,
+)
 from .client import ApiError, Client, ConnectionFailed, StreamBroken
 
 __all__ = ["EX_UNAVAILABLE", "add_client_commands", "exit_code_of", "run_client"]
@@ -53,13 +50,7 @@ STATES = ("queued", "running", "terminating", "idle")
 EXIT_STATES = ("success", "failed", "timeout", "canceled")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000                 # the API's largest page
-PRIVATE_ENV_PREFIXES = ("LISTEN_", "WATCHDOG_", "STABLEHAND_")
-PRIVATE_ENV_NAMES = frozenset({"NOTIFY_SOCKET"})
 ID_HELP = "the process id (run and ps print it)"
-
-
-class UsageError(Exception):
-    """A command line that cannot be sent (exit 2, like argparse's own errors)."""
 
 
 def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -170,18 +161,25 @@ def _logs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                  common: argparse.ArgumentParser) -> None:
     logs = sub.add_parser(
         "logs", parents=[common], help="print a process's captured stdout and stderr",
-        description="Print a process's captured output: both streams, each to its own fd "
-                    "(stdout, then stderr: the daemon keeps no arrival times yet, so they are not "
-                    "interleaved); one stream picked alone goes to stdout.")
+        description="Print a process's captured output: both streams, each to its own fd, "
+                    "in the order their lines arrived (the arrival times the daemon records); "
+                    "one stream picked alone goes to stdout.")
     which = logs.add_mutually_exclusive_group()
     which.add_argument("--stdout", action="store_true", help="only its stdout")
     which.add_argument("--stderr", action="store_true", help="only its stderr (printed to stdout)")
     logs.add_argument("id", type=int, metavar="ID", help=ID_HELP)
     logs.add_argument("-f", "--follow", action="store_true",
-                      help="keep printing until it is idle; starts from the last 10 lines")
+                      help="keep printing until it is idle; starts from the last 10 lines "
+                           "(or at --since)")
     start = logs.add_mutually_exclusive_group()
     start.add_argument("--tail", type=int, metavar="N", help="only the last N lines of each stream")
     start.add_argument("--from-start", action="store_true", help="with -f: replay everything first")
+    logs.add_argument("--since", metavar="WHEN",
+                      help="only output that arrived at or after WHEN: a duration ago (30s, 10m, "
+                           "1h30m, 2d), an RFC 3339 time (2026-12-03T13:10:49Z) or unix seconds; "
+                           "with -f, the follow starts there")
+    logs.add_argument("-t", "--timestamps", action="store_true",
+                      help="print each line's arrival time first (RFC 3339, UTC, milliseconds)")
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -284,7 +282,14 @@ def _dispatch(args: argparse.Namespace, client: Client) -> int:
             raise UsageError("--tail needs a number of lines, 0 or more")
         if args.from_start and not args.follow:
             raise UsageError("--from-start goes with -f (without -f everything is printed)")
-        return print_logs(client, args.id, streams, args.tail, args.follow, args.from_start)
+        if args.from_start and args.since is not None:
+            raise UsageError("--from-start replays everything: leave out --since")
+        try:
+            since = None if args.since is None else since_argument(args.since, time.time())
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return print_logs(client, args.id, streams, args.tail, args.follow, args.from_start,
+                          since, args.timestamps)
     if command == "wait":
         record = client.wait(args.id, args.timeout)
         if args.json:
@@ -296,51 +301,6 @@ def _dispatch(args: argparse.Namespace, client: Client) -> int:
 
 
 # --- run ---------------------------------------------------------------------------------------
-
-def caller_cwd(environ: Mapping[str, str]) -> str:
-    """This shell's directory: $PWD when it names the current directory, else the real path."""
-    try:
-        real = os.getcwd()
-    except FileNotFoundError:
-        raise UsageError("the current directory no longer exists; give one with --cwd") from None
-    logical = environ.get("PWD", "")
-    if logical.startswith("/"):
-        try:
-            if os.path.samefile(logical, real):
-                return logical
-        except OSError:
-            pass
-    return real
-
-
-def resolve_cwd(given: str | None, environ: Mapping[str, str]) -> str:
-    base = caller_cwd(environ)
-    if given is None:
-        return base
-    return os.path.normpath(os.path.join(base, os.path.expanduser(given)))
-
-
-def child_env(specs: list[str], clean: bool, environ: Mapping[str, str], cwd: str) -> dict[str, str]:
-    """The ``env`` a run sends (see the module's docstring)."""
-    env: dict[str, str] = {}
-    if not clean:
-        env = {key: value for key, value in environ.items()
-               if key not in PRIVATE_ENV_NAMES and not key.startswith(PRIVATE_ENV_PREFIXES)}
-        if "PWD" in env:
-            env["PWD"] = cwd
-    for spec in specs:
-        name, has_value, value = spec.partition("=")
-        if not name:
-            raise UsageError(f"--env {spec!r}: a variable name is missing (--env KEY=VALUE or --env KEY)")
-        if has_value:
-            env[name] = value
-        elif name in environ:
-            env[name] = environ[name]
-        else:
-            raise UsageError(f"--env {name}: {name} is not set here; give it a value with "
-                             f"--env {name}=VALUE")
-    return env
-
 
 def _run(args: argparse.Namespace, client: Client) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv

@@ -7,12 +7,21 @@ at the same time). Decisions:
 * Both streams go to the terminal as they arrive, each to its own fd (the
   child's stdout to ours, its stderr to ours), as ``docker run`` and ``docker
   logs`` do; one stream picked alone (``logs --stderr``) goes to stdout, so a
-  pipe gets it. Without arrival times from the daemon, ``logs`` without ``-f``
-  prints stdout, then stderr.
+  pipe gets it. ``logs`` prints the two streams in the order their lines
+  arrived, by the arrival times the keeper records (lines of equal time, or
+  without a recorded time, stdout first): each stream is fetched with
+  ``timestamps=1`` and the two are merged line by line, never held whole. With
+  ``-f`` that is the lines already there; then each stream as it comes.
+* ``--since`` takes a duration ago (``30s``, ``10m``, ``1h30m``, ``2d``), an
+  RFC 3339 time or unix seconds; the CLI sends the daemon an absolute time.
+  With ``--tail`` the last N lines of what arrived since then. ``--timestamps``
+  (``-t``) prints each line's arrival time first, as the daemon gives it: RFC
+  3339 in UTC to the millisecond, like ``docker logs -t``.
 * ``--tail N`` counts lines from the end of each stream (the daemon serves byte
   ranges, so the CLI reads backwards in blocks until it has N newlines).
-  ``-f`` starts from the last 10 lines, as ``tail -f`` does; ``--tail 0`` shows
-  only what comes next, ``--from-start`` replays everything.
+  ``-f`` starts from the last 10 lines, as ``tail -f`` does (at ``--since`` if
+  given); ``--tail 0`` shows only what comes next, ``--from-start`` replays
+  everything.
 * A follow ends normally when the process is idle. When it ends otherwise (the
   connection broke, or the daemon closed it while the process still runs, as a
   daemon that is stopping does), the CLI says so on stderr and exits 69
@@ -26,10 +35,12 @@ at the same time). Decisions:
 from __future__ import annotations
 
 import datetime as dt
+import heapq
+import re
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, BinaryIO
 
@@ -40,6 +51,7 @@ EX_UNAVAILABLE = 69
 TAIL_BLOCK = 64 * 1024        # bytes read per step when looking for the last lines
 DEFAULT_FOLLOW_TAIL = 10      # lines `logs -f` shows before following, as tail -f
 JOIN_AFTER_IDLE = 10.0        # seconds to let the output streams finish once the process is idle
+STAMP_LENGTH = len("2026-12-03T13:10:49.123Z")   # the daemon's arrival stamps (timestamps=1)
 
 
 def say(message: str) -> None:
@@ -70,10 +82,11 @@ def not_started_error(record: dict[str, Any]) -> str | None:
 
 # --- tails -------------------------------------------------------------------------------
 
-def tail_offset(client: Client, process_id: int, stream: str, lines: int) -> int:
+def tail_offset(client: Client, process_id: int, stream: str, lines: int,
+                since: str | None = None) -> int:
     """The byte offset where the last ``lines`` lines of a stream begin (a final line without
-    a newline counts as a line)."""
-    first, end = client.output_range(process_id, stream)
+    a newline counts as a line), not before what arrived at ``since``."""
+    first, end = client.output_range(process_id, stream, since)
     if lines <= 0:
         return end
     position, found, skip_final = end, 0, True
@@ -101,16 +114,18 @@ class Pump(threading.Thread):
     """Copies one output stream to a binary file as it arrives; keeps what ended it."""
 
     def __init__(self, client: Client, process_id: int, stream: str, offset: int,
-                 out: BinaryIO, follow: bool) -> None:
+                 out: BinaryIO, follow: bool, timestamps: bool = False) -> None:
         super().__init__(name=f"stablehand-{stream}", daemon=True)
         self.client, self.process_id, self.stream = client, process_id, stream
         self.offset, self.out, self.follow_output = offset, out, follow
+        self.timestamps = timestamps
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             for chunk in self.client.output_chunks(self.process_id, self.stream, self.offset,
-                                                   follow=self.follow_output):
+                                                   follow=self.follow_output,
+                                                   timestamps=self.timestamps):
                 self.out.write(chunk)
                 self.out.flush()
         except BaseException as exc:  # handed to the main thread, which reports it
@@ -123,9 +138,10 @@ def _outputs(streams: list[str]) -> dict[str, BinaryIO]:
     return {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
 
 
-def start_pumps(client: Client, process_id: int, offsets: dict[str, int], follow: bool) -> list[Pump]:
+def start_pumps(client: Client, process_id: int, offsets: dict[str, int], follow: bool,
+                timestamps: bool = False) -> list[Pump]:
     outs = _outputs(list(offsets))
-    pumps = [Pump(client, process_id, stream, offset, outs[stream], follow)
+    pumps = [Pump(client, process_id, stream, offset, outs[stream], follow, timestamps)
              for stream, offset in offsets.items()]
     for pump in pumps:
         pump.start()
@@ -137,21 +153,31 @@ def _first_error(pumps: list[Pump]) -> BaseException | None:
 
 
 def print_logs(client: Client, process_id: int, streams: list[str], tail: int | None,
-               follow: bool, from_start: bool) -> int:
-    """``logs``: see the module's docstring for the order, the tail and how a follow ends."""
+               follow: bool, from_start: bool, since: str | None = None,
+               timestamps: bool = False) -> int:
+    """``logs``: see the module's docstring for the order, the tail, ``--since`` and how a
+    follow ends. ``since`` is what the daemon takes (:func:`since_argument`)."""
     client.get(process_id)   # a clear 404 before anything else
-    if tail is None and follow and not from_start:
+    if tail is None and follow and not from_start and since is None:
         tail = DEFAULT_FOLLOW_TAIL
-    offsets = {stream: 0 if tail is None else tail_offset(client, process_id, stream, tail)
+    offsets = {stream: tail_offset(client, process_id, stream, tail, since) if tail is not None
+               else client.output_range(process_id, stream, since)[0] if since is not None else 0
                for stream in streams}
     if not follow:
         outs = _outputs(streams)
-        for stream, offset in offsets.items():
-            for chunk in client.output_chunks(process_id, stream, offset):
-                outs[stream].write(chunk)
-                outs[stream].flush()
+        if len(streams) == 1:
+            for chunk in client.output_chunks(process_id, streams[0], offsets[streams[0]],
+                                              timestamps=timestamps):
+                outs[streams[0]].write(chunk)
+                outs[streams[0]].flush()
+            return 0
+        _print_by_arrival(client, process_id, offsets, None, outs, timestamps)
         return 0
-    pumps = start_pumps(client, process_id, offsets, follow=True)
+    if len(streams) > 1:   # what is there already in arrival order, then each as it comes
+        ends = {stream: client.output_range(process_id, stream)[1] for stream in streams}
+        _print_by_arrival(client, process_id, offsets, ends, _outputs(streams), timestamps)
+        offsets = {stream: max(offsets[stream], ends[stream]) for stream in streams}
+    pumps = start_pumps(client, process_id, offsets, follow=True, timestamps=timestamps)
     for pump in pumps:
         pump.join()
     error = _first_error(pumps)
@@ -161,6 +187,57 @@ def print_logs(client: Client, process_id: int, streams: list[str], tail: int | 
     if error is not None:
         raise error
     return _after_follow(client, process_id)
+
+
+def _stamped_lines(client: Client, process_id: int, stream: str, offset: int,
+                   end: int | None) -> Iterator[tuple[bytes, str, bytes]]:
+    """(arrival stamp, stream, stamped line) for each line of a stream from ``offset`` (to
+    ``end``), as its chunks arrive."""
+    if end is not None and end <= offset:
+        return
+    held = b""
+    for chunk in client.output_chunks(process_id, stream, offset, timestamps=True,
+                                      limit=None if end is None else end - offset):
+        held += chunk
+        *lines, held = held.split(b"\n")
+        for line in lines:
+            yield line[:STAMP_LENGTH], stream, line + b"\n"
+    if held:
+        yield held[:STAMP_LENGTH], stream, held
+
+
+def _print_by_arrival(client: Client, process_id: int, offsets: dict[str, int],
+                      ends: dict[str, int] | None, outs: dict[str, BinaryIO], timestamps: bool) -> None:
+    """Both streams' lines from ``offsets`` (to ``ends``) in the order they arrived, each to
+    its own output; stdout first on a tie (merge is stable). The stamps are fixed width, so
+    they compare as text."""
+    merged = heapq.merge(*(_stamped_lines(client, process_id, stream, offset,
+                                          None if ends is None else ends[stream])
+                           for stream, offset in offsets.items()), key=lambda item: item[0])
+    for _, stream, line in merged:
+        outs[stream].write(line if timestamps else line.partition(b" ")[2])
+        outs[stream].flush()
+
+
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def since_argument(text: str, now: float) -> str:
+    """``--since`` as the daemon takes it: a duration ago (``90s``, ``10m``, ``1h30m``, ``2d``)
+    becomes unix seconds; an RFC 3339 time or unix seconds goes as it is. ValueError with a
+    message for a person otherwise."""
+    match = _DURATION.fullmatch(text.strip())
+    if match and any(match.groups()):
+        days, hours, minutes, seconds = (float(group or 0) for group in match.groups())
+        ago = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+        return f"{max(0.0, now - ago):.3f}"
+    from .output_times import since_ms
+    try:
+        since_ms(text)
+    except ValueError:
+        raise ValueError(f"--since {text!r}: give a duration ago (30s, 10m, 1h30m, 2d), an RFC "
+                         "3339 time (2026-12-03T13:10:49Z) or unix seconds") from None
+    return text
 
 
 def _after_follow(client: Client, process_id: int) -> int:
@@ -266,6 +343,8 @@ def attach(client: Client, record: dict[str, Any], stream_output: bool) -> tuple
                 handled += 1
                 if not _on_interrupt(client, process_id, handled):
                     return 130, None
+    if isinstance(waiter.error, ApiError) and _shutting_down(waiter.error):   # it goes on
+        raise ConnectionFailed(waiter.error.message) from waiter.error
     if waiter.error is not None:
         raise waiter.error
     final = waiter.record
@@ -277,6 +356,11 @@ def attach(client: Client, record: dict[str, Any], stream_output: bool) -> tuple
         raise error
     report_end(final)
     return exit_code_of(final), final
+
+
+def _shutting_down(error: ApiError) -> bool:
+    """Whether a long poll was answered 503 because the daemon began to shut down."""
+    return error.status == 503 and "shutting down" in error.message
 
 
 def report_end(record: dict[str, Any]) -> None:

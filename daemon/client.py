@@ -229,10 +229,13 @@ class Client:
         data: bytes = self.request("GET", path)[1]
         return data
 
-    def output_range(self, process_id: int, stream: str = "stdout") -> tuple[int, int]:
+    def output_range(self, process_id: int, stream: str = "stdout",
+                     since: str | None = None) -> tuple[int, int]:
         """(first, end) byte offsets of a stream's captured output now: bytes below ``first``
-        were dropped by the output cap, ``end`` is the size written so far (a HEAD request)."""
-        conn, response = self._open("HEAD", f"/processes/{process_id}/output?stream={stream}")
+        were dropped by the output cap (or, with ``since``, arrived before it), ``end`` is
+        the size written so far (a HEAD request)."""
+        query = urllib.parse.urlencode({"stream": stream, **({"since": since} if since else {})})
+        conn, response = self._open("HEAD", f"/processes/{process_id}/output?{query}")
         try:
             response.read()
             return (int(response.getheader("X-Output-Offset", "0")),
@@ -241,11 +244,15 @@ class Client:
             conn.close()
 
     def output_chunks(self, process_id: int, stream: str = "stdout", offset: int = 0,
-                      follow: bool = False) -> Iterator[bytes]:
-        """A stream's output from ``offset`` in chunks as they arrive, without holding it whole;
-        with ``follow`` until the process is idle. Raises :class:`StreamBroken` when the
-        answer ends short (the daemon went away)."""
-        query = urllib.parse.urlencode({"stream": stream, "offset": offset, "follow": int(follow)})
+                      follow: bool = False, timestamps: bool = False,
+                      limit: int | None = None) -> Iterator[bytes]:
+        """A stream's output from ``offset`` (at most ``limit`` bytes of it) in chunks as they
+        arrive, without holding it whole; with ``follow`` until the process is idle; with
+        ``timestamps`` each line prefixed with its arrival time and a space. Raises
+        :class:`StreamBroken` when the answer ends short (the daemon went away)."""
+        query = urllib.parse.urlencode({"stream": stream, "offset": offset, "follow": int(follow),
+                                        **({"timestamps": 1} if timestamps else {}),
+                                        **({"limit": limit} if limit else {})})
         conn, response = self._open("GET", f"/processes/{process_id}/output?{query}",
                                     timeout=None if follow else self.timeout)
         try:

@@ -1,8 +1,10 @@
 """One frozen Config, built from flags > environment (STABLEHAND_*) > TOML file > defaults.
 
-Every setting is declared once in ``SETTINGS`` with its parser, so a flag, an
-environment variable and a TOML key can never disagree on what a value means.
-A bad value raises :class:`ConfigError` naming the key; the CLI turns that into
+Every setting is declared once in ``SETTINGS`` with its parser (both in
+:mod:`daemon.settings`, re-exported here), so a flag, an environment variable and
+a TOML key can never disagree on what a value means. This module picks which
+source a value comes from and checks the settings against each other. A bad
+value raises :class:`ConfigError` naming the key; the CLI turns that into
 exit code 78 (EX_CONFIG). Nothing ever falls back to a default silently.
 
 Defaults make ``stablehand serve`` work out of the box:
@@ -26,24 +28,26 @@ from __future__ import annotations
 
 import dataclasses
 import grp
-import ipaddress
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import StablehandError
+from .settings import NO_TOKEN, SETTINGS, Listen
 from .tokens import FILE_NAME as TOKEN_FILE_NAME
 from .tokens import TokenFileError, read_private
 
 EX_CONFIG = 78
 DEFAULT_PORT = 9371
 ENV_PREFIX = "STABLEHAND_"
-# Empty stdout/stderr pairs kept ready for starts (see output.py). Defined here, not in
-# output.py, so that reading the configuration (the client does) never loads the output
-# store and its logging.
-SPARE_OUTPUTS = 256
+# Settings an older version had: accepted in a file and ignored, so an upgrade never
+# fails on a config that was valid (docs/configuration.md says what replaced each).
+RETIRED = frozenset({"spare_outputs"})   # output files are made by the keeper now
+
+__all__ = ["DEFAULT_PORT", "ENV_PREFIX", "EX_CONFIG", "NO_TOKEN", "RETIRED", "SETTINGS",
+           "Config", "ConfigError", "Listen", "default_socket", "default_state_dir", "load"]
 
 
 class ConfigError(StablehandError):
@@ -52,24 +56,6 @@ class ConfigError(StablehandError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"invalid setting {key!r}: {message}")
         self.key = key
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Listen:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,6 +72,7 @@ class Config:
     token_file: Path | None = None
     token: str | None = dataclasses.field(default=None, repr=False)
     shutdown: str = "stop"           # stop | detach
+    keeper: str = "auto"             # auto: start one when none answers | external: systemd runs it
     allow_unmanaged: bool = False
     max_body_bytes: int = 1024 * 1024
     log_format: str = "auto"         # auto | json | console
@@ -97,7 +84,6 @@ class Config:
     rate_burst: int = 0              # bucket size; 0 = max(1, rate_limit)
     allowed_programs: tuple[str, ...] = ()      # empty: any program
     max_output_bytes: int = 64 * 1024 * 1024    # per stream; the oldest bytes are dropped past it
-    spare_outputs: int = SPARE_OUTPUTS   # empty stdout/stderr pairs kept ready for starts
     event_loop: str = "uvloop"       # uvloop | asyncio
     # Browsers and DNS rebinding (see docs/security.md): Origins that may call the API
     # (none by default), and Hosts accepted besides loopback names when no token is in force.
@@ -130,175 +116,6 @@ class Config:
     def token_pending(self) -> bool:
         """A token file is set but not read yet: the default one, which serve makes or reads."""
         return self.token_file is not None and self.token is None
-
-
-# --- value parsers: raw value (str from flags/env, native from TOML) -> typed ---
-
-def _text(raw: Any) -> str:
-    if not isinstance(raw, str):
-        raise ValueError("must be a string")
-    return raw
-
-
-def _path(raw: Any) -> Path:
-    text = _text(raw).strip()
-    if not text:
-        raise ValueError("must not be empty")
-    return Path(text).expanduser()
-
-
-def _optional_path(raw: Any) -> Path | None:
-    text = _text(raw).strip()
-    if text.lower() in ("none", "off", ""):
-        return None
-    path = Path(text).expanduser()
-    if len(os.fsencode(str(path.absolute()))) >= 108:
-        raise ValueError("a Unix socket path must be shorter than 108 bytes")
-    return path
-
-
-NO_TOKEN = "none"
-
-
-def _token_file(raw: Any) -> Path | str:
-    """A token file path, or NO_TOKEN for 'none'/'off' (tokens turned off on purpose)."""
-    text = _text(raw).strip()
-    if text.lower() in ("none", "off"):
-        return NO_TOKEN
-    if not text:
-        raise ValueError("must be a file path, or 'none' for no token (loopback only)")
-    return Path(text).expanduser()
-
-
-def _listen(raw: Any) -> Listen | None:
-    text = _text(raw).strip()
-    if text.lower() in ("none", "off", ""):
-        return None
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{text!r} is not HOST:PORT (or 'none')")
-    host = host.strip("[]")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"port {port_text!r} is not a number") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} is out of range 0-65535")
-    return Listen(host, port)
-
-
-def _non_negative_int(raw: Any) -> int:
-    if isinstance(raw, bool):
-        raise ValueError("must be an integer")
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{raw!r} is not an integer") from None
-    if value < 0:
-        raise ValueError("must be 0 or more")
-    return value
-
-
-def _positive_int(raw: Any) -> int:
-    value = _non_negative_int(raw)
-    if value == 0:
-        raise ValueError("must be 1 or more")
-    return value
-
-
-def _seconds(raw: Any) -> float:
-    if isinstance(raw, bool):
-        raise ValueError("must be a number of seconds")
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{raw!r} is not a number of seconds") from None
-    if not (0 <= value <= 86400 * 7):
-        raise ValueError("must be between 0 and 604800 seconds")
-    return value
-
-
-def _bool(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = _text(raw).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{raw!r} is not a boolean (true/false)")
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def parse(raw: Any) -> str:
-        text = _text(raw).strip().lower()
-        if text not in choices:
-            raise ValueError(f"{raw!r} is not one of {', '.join(choices)}")
-        return text
-    return parse
-
-
-def _optional_text(raw: Any) -> str | None:
-    text = _text(raw).strip()
-    return text or None
-
-
-def _string_list(raw: Any) -> tuple[str, ...]:
-    """A TOML array of strings, or a comma-separated string (flags, environment)."""
-    items = raw if isinstance(raw, list) else _text(raw).split(",")
-    values = []
-    for item in items:
-        text = _text(item).strip()
-        if text:
-            values.append(text)
-    return tuple(values)
-
-
-def _uid_list(raw: Any) -> tuple[int, ...]:
-    items = raw if isinstance(raw, list) else _text(raw).split(",")
-    return tuple(_non_negative_int(item) for item in items if str(item).strip())
-
-
-def _rate(raw: Any) -> float:
-    if isinstance(raw, bool):
-        raise ValueError("must be a number of requests per second")
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{raw!r} is not a number of requests per second") from None
-    if not 0 <= value <= 1_000_000:
-        raise ValueError("must be between 0 (off) and 1000000")
-    return value
-
-
-SETTINGS: dict[str, Callable[[Any], Any]] = {
-    "state_dir": _path,
-    "listen": _listen,
-    "socket": _optional_path,
-    "max_concurrent": _non_negative_int,
-    "grace": _seconds,
-    "token_file": _token_file,
-    "shutdown": _choice("stop", "detach"),
-    "allow_unmanaged": _bool,
-    "max_body_bytes": _positive_int,
-    "log_format": _choice("auto", "json", "console"),
-    "log_level": _choice("debug", "info", "warning", "error"),
-    "socket_requires_token": _bool,
-    "socket_group": _optional_text,
-    "socket_allowed_uids": _uid_list,
-    "rate_limit": _rate,
-    "rate_burst": _non_negative_int,
-    "allowed_programs": _string_list,
-    "max_output_bytes": _positive_int,
-    "spare_outputs": _non_negative_int,
-    "event_loop": _choice("uvloop", "asyncio"),
-    "allowed_origins": _string_list,
-    "allowed_hosts": _string_list,
-    "max_connections": _positive_int,
-    "socket_max_connections": _positive_int,
-    "header_timeout": _seconds,
-    "keepalive_timeout": _seconds,
-}
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
@@ -389,7 +206,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
-    data = {k.replace("-", "_"): v for k, v in data.items()}
+    data = {k.replace("-", "_"): v for k, v in data.items() if k.replace("-", "_") not in RETIRED}
     unknown = sorted(set(data) - set(SETTINGS))
     if unknown:
         raise ConfigError(unknown[0], f"unknown setting in {path}")

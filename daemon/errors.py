@@ -10,8 +10,8 @@ Two branches hang from the root:
   and the registry raise these without knowing about HTTP.
 * The daemon's own failures, each defined beside the code that raises it: the
   registry's (``registry.RegistryError``; its ``StorageError`` and ``WriteRejected``
-  are ApiErrors too, a 503 and a 400), a bad setting (``config.ConfigError``), a
-  child that cannot start (``oskit.SpawnError``), a state dir, lock or token file
+  are ApiErrors too, a 503 and a 400), a bad setting (``config.ConfigError``), the
+  keeper (``keeper.client.KeeperError``), a state dir, lock or token file
   that cannot be used (``statedir.StateDirError``, ``statedir.LockHeld``,
   ``tokens.TokenFileError``), start-up (``service.StartupError``). The CLI turns
   these into a message and an exit code; one that reaches the HTTP edge without

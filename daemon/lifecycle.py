@@ -66,7 +66,7 @@ async def running(config: Config) -> AsyncIterator[Core]:
     registry = await Registry.open(config.database_path)
     try:
         core = Core(registry, Supervisor(config, registry,
-                                         OutputStore(config.output_dir, config.spare_outputs)))
+                                         OutputStore(config.output_dir)))
         await core.supervisor.start()
         try:
             yield core

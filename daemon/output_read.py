@@ -5,14 +5,16 @@ and re-exports the names here) and this module are the only places that read
 output files. The HTTP routes read through :class:`OutputReader`: chunks of at
 most READ_CHUNK bytes, each read on one of the store's reader threads, so no
 output, however large, is ever whole in memory, and no read blocks the event
-loop. Reads never return bytes below a stream's dropped mark (see the output cap
-in :mod:`daemon.output`).
+loop. Reads never return bytes the output cap dropped (see :mod:`daemon.output`):
+the first byte a file still holds is found in the file itself, with
+``lseek(SEEK_DATA)``, at each read.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from .errors import StablehandError
@@ -38,19 +40,22 @@ class OutputReader:
     empty, and a reader holds no descriptor between reads.
     """
 
-    def __init__(self, store: OutputStore, path: str, dropped: Callable[[], int]) -> None:
+    def __init__(self, store: OutputStore, path: str) -> None:
         self._store = store
         self._path = path
-        self.dropped = dropped
 
     async def size(self) -> int:
         """The file's size now (bytes written so far, dropped ones included)."""
         return await self._store._in_thread(_file_size, self._path)
 
+    async def dropped(self) -> int:
+        """The offset of the first byte the file still holds (bytes below it were dropped)."""
+        return await self._store._in_thread(_first_kept, self._path)
+
     async def read(self, offset: int, limit: int = READ_CHUNK) -> tuple[int, bytes]:
-        """(start, data): at most ``min(limit, READ_CHUNK)`` bytes from ``max(offset, dropped)``."""
-        start = max(offset, self.dropped())
-        return start, await self._store._in_thread(_pread, self._path, start, min(limit, READ_CHUNK))
+        """(start, data): at most ``min(limit, READ_CHUNK)`` bytes from ``offset``, or from
+        the first byte still kept if that is later."""
+        return await self._store._in_thread(_pread, self._path, offset, min(limit, READ_CHUNK))
 
     async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
         """Exactly the bytes ``[start, end)`` (from a :meth:`size` snapshot), chunk by chunk.
@@ -63,10 +68,7 @@ class OutputReader:
         while position < end:
             want = min(READ_CHUNK, end - position)
             got, data = await self.read(position, want)
-            # The mark is looked at again after the read: bytes are punched only after
-            # the mark has moved past them, so a mark still <= position means the
-            # bytes read were the real ones.
-            if got != position or len(data) != want or self.dropped() > position:
+            if got != position or len(data) != want:
                 raise OutputOverrun(f"bytes from {position} were dropped while being read")
             position += want
             yield data
@@ -79,17 +81,54 @@ def _file_size(path: str) -> int:
         return 0
 
 
-def _pread(path: str, offset: int, limit: int) -> bytes:
-    """At most ``limit`` bytes at ``offset``; nothing past the end (clients choose the offset,
-    up to 2**63 - 1, which pread would refuse past the filesystem's largest file)."""
+def _first_kept(path: str) -> int:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return b""
+        return 0
     try:
-        available = os.fstat(fd).st_size - offset
-        if available <= 0 or limit <= 0:
-            return b""
-        return os.pread(fd, min(limit, available), offset)
+        return _data_start(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def _data_start(fd: int, offset: int) -> int:
+    """The first offset >= ``offset`` that holds data (the keeper punches the dropped head)."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:   # nothing but hole from there to the end
+            return max(offset, os.fstat(fd).st_size)
+        if exc.errno == errno.EINVAL:  # no SEEK_DATA here: no holes either
+            return offset
+        raise
+
+
+def _pread(path: str, offset: int, limit: int) -> tuple[int, bytes]:
+    """(start, data): at most ``limit`` bytes from the first kept byte at or after ``offset``;
+    nothing past the end (clients choose the offset, up to 2**63 - 1, which pread would
+    refuse past the filesystem's largest file).
+
+    The keeper may punch the head of the file while we read: the first kept byte is
+    looked up again after the read, and what the read returned below it (zeros from
+    a hole punched meanwhile) is cut. Punching only moves forward, so bytes at or
+    after the second mark were data when they were read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return offset, b""
+    try:
+        size = os.fstat(fd).st_size
+        if offset >= size or limit <= 0:
+            return offset, b""
+        start = _data_start(fd, offset)
+        if start >= size:
+            return start, b""
+        data = os.pread(fd, min(limit, size - start), start)
+        kept = _data_start(fd, start)
+        if kept > start:
+            data, start = data[kept - start:], kept
+        return start, data
     finally:
         os.close(fd)

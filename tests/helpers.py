@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import json
 import os
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -167,7 +172,51 @@ class DaemonProcess:
         self.proc.kill()
         self.proc.wait(10)
 
+    def keeper_pid(self) -> int | None:
+        """The pid of the state dir's keeper, if one runs (it outlives a killed or detached daemon)."""
+        return keeper_of(self.state_dir)
 
-def spare_files(output_dir: Path) -> int:
-    """How many spare output files are on disk (the daemon keeps them under output/.spare/)."""
-    return sum(len(files) for _, _, files in os.walk(output_dir / ".spare"))
+    def cleanup(self) -> None:
+        """Stop the daemon, then a keeper it left running (after kill -9, or a detach)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+        stop_keeper(self.state_dir)
+
+
+def queued_on_stdin(pid: int) -> int:
+    """Bytes waiting in a process's stdin pipe (FIONREAD on a second reader; reads nothing)."""
+    fd = os.open(f"/proc/{pid}/fd/0", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
+    finally:
+        os.close(fd)
+
+
+def keeper_of(state_dir: Path) -> int | None:
+    """The pid in ``<state_dir>/keeper.lock`` if that process is alive and is that keeper."""
+    try:
+        pid = int(json.loads((state_dir / "keeper.lock").read_text())["pid"])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, KeyError):
+        return None
+    return pid if b"keeper" in cmdline and os.fsencode(str(state_dir)) in cmdline else None
+
+
+def stop_keeper(state_dir: Path, timeout: float = 20.0) -> None:
+    """SIGTERM the state dir's keeper (it stops its children) and wait for it to be gone."""
+    pid = keeper_of(state_dir)
+    if pid is None:
+        return
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        signal.pidfd_send_signal(fd, signal.SIGTERM)
+        if not select.select([fd], [], [], timeout)[0]:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+            select.select([fd], [], [], 5)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(fd)

@@ -16,7 +16,10 @@ Decisions where a document is silent:
   (``{"error": "Invalid PID: ..."}``); ``force`` must be a boolean.
 * 000: ``timeout`` must be a number of seconds in [0, 3600]; anything else is its
   400 failure body with an error saying why. The answer comes once the whole
-  tree is gone (SIGTERM, ``timeout``, SIGKILL).
+  tree is gone (SIGTERM, ``timeout``, SIGKILL). If the daemon begins to shut
+  down meanwhile and the shutdown will not end the process (``shutdown =
+  "detach"``, or a process Stablehand did not start), the answer is the failure
+  body at once, saying so (see streaming.py), rather than holding the shutdown.
 * 002: every malformed body is ``{"error": "Invalid pid"}``, the one 400 text the
   document gives; SIGTERM only, never escalated (DELETE /api/v1/processes/{pid}
   or a forced 001 can still finish such a process).
@@ -29,9 +32,9 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import ApiError, Conflict
+from ..errors import ApiError, Conflict, Unavailable
 from ..model import now_iso
-from . import parse, pids
+from . import parse, pids, streaming
 from .jsonio import json_response
 from .keys import supervisor_of
 
@@ -107,11 +110,16 @@ async def terminate_gracefully(request: web.Request) -> web.Response:
     record, running = await pids.running_record(supervisor, pid)
     try:
         if record is None and pids.allow_unmanaged(request):
-            gone = await supervisor.signal_unmanaged(pid, signal.SIGTERM, grace=timeout)
+            gone = await streaming.unless_closing(
+                supervisor, supervisor.signal_unmanaged(pid, signal.SIGTERM, grace=timeout))
         elif running is None:
             return failed()
         else:
-            _, gone = await supervisor.terminate(running.id, timeout)
+            _, gone = await streaming.unless_closing(
+                supervisor, supervisor.terminate(running.id, timeout), running.id)
+    except Unavailable:
+        return failed(f"{streaming.SHUTTING_DOWN}: process {pid} was sent SIGTERM; "
+                      "its end was not waited for")
     except (Conflict, OSError):
         return failed()
     if not gone:
@@ -146,7 +154,7 @@ async def psys_kill(request: web.Request) -> web.Response:
             try:
                 await supervisor.stop(record.id, sig=signal.SIGTERM, escalate=False)
             except Conflict:  # already being stopped: deliver the SIGTERM all the same
-                supervisor.send_signal(record.id, signal.SIGTERM, terminating_ok=True)
+                await supervisor.send_signal(record.id, signal.SIGTERM, terminating_ok=True)
         elif pids.allow_unmanaged(request) and record is None:
             await supervisor.signal_unmanaged(pid, signal.SIGTERM)
         elif supervisor.pid_exists(pid):

@@ -13,7 +13,7 @@ from aiohttp import web
 from ..errors import BadRequest
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..model import ExitState, StartSpec, State
-from . import parse
+from . import parse, streaming
 from .jsonio import json_response
 from .keys import supervisor_of
 from .openapi import document as openapi_document
@@ -127,9 +127,14 @@ async def kill_process(request: web.Request) -> web.Response:
 
 @routes.get("/processes/{id}/wait")
 async def wait_process(request: web.Request) -> web.Response:
+    """Long poll; 503 once the daemon begins to shut down, unless its shutdown ends this
+    process (then the idle record, as usual): see streaming.py."""
     process_id = parse.path_id(request)
     timeout = parse.query_number(request, "timeout", DEFAULT_WAIT, maximum=MAX_WAIT)
-    record, done = await supervisor_of(request).wait(process_id, timeout)
+    supervisor = supervisor_of(request)
+    waiting = supervisor.wait(process_id, timeout)
+    record, done = await (streaming.unless_closing(supervisor, waiting, process_id)
+                          if supervisor.is_active(process_id) else waiting)
     return json_response(record.to_json(), status=200 if done else 408)
 
 

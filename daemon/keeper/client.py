@@ -46,6 +46,8 @@ import errno
 import itertools
 import json
 import os
+import socket
+import struct
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -74,6 +76,7 @@ __all__ = ["ChildInfo", "ExitEvent", "KeeperClient", "KeeperError", "KeeperGone"
            "StdinClosed", "StdinFull", "connect_or_start"]
 
 MAX_REPLY = 256 * 1024 * 1024
+_PEERCRED = struct.Struct("3i")
 _PRIVATE_ENV = ("NOTIFY_SOCKET",)
 _PRIVATE_PREFIXES = ("LISTEN_", "WATCHDOG_")
 
@@ -195,12 +198,12 @@ class KeeperClient:
         client = cls(transport, proto, state_dir, on_exit, on_lost)
         try:
             await asyncio.wait_for(client.hello(), timeout)
-        except TimeoutError:
+        except BaseException as exc:
+            client._on_lost = None   # never connected: nothing was lost
             client._transport.abort()
-            raise KeeperError(f"the keeper for {state_dir} did not answer hello within {timeout}s",
-                              errno.ETIMEDOUT) from None
-        except BaseException:
-            client._transport.abort()
+            if isinstance(exc, TimeoutError):
+                raise KeeperError(f"the keeper for {state_dir} did not answer hello within "
+                                  f"{timeout}s", errno.ETIMEDOUT) from None
             raise
         return client
 
@@ -296,6 +299,18 @@ class KeeperClient:
                 raise self._gone_error
             yield event
 
+    def peer_pid(self) -> int | None:
+        """The pid at the other end of the socket (SO_PEERCRED): the keeper, as the kernel says."""
+        sock = self._transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        try:
+            pid, _, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                         _PEERCRED.size))
+        except OSError:
+            return None
+        return int(pid)
+
     @property
     def closed(self) -> bool:
         return self._gone_error is not None
@@ -309,13 +324,17 @@ class KeeperClient:
         self._on_lost = None
         self._gone("the client closed the connection")
 
+    def _send(self, message: dict[str, Any], future: asyncio.Future[dict[str, Any]]) -> int:
+        seq = next(self._seq)
+        self._pending[seq] = future
+        self._transport.write(protocol.encode({**message, "seq": seq}))
+        return seq
+
     async def _request(self, message: dict[str, Any]) -> dict[str, Any]:
         if self._gone_error is not None:
             raise self._gone_error
-        seq = next(self._seq)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = future
-        self._transport.write(protocol.encode({**message, "seq": seq}))
+        seq = self._send(message, future)
         try:
             if self._proto.paused is not None:
                 await asyncio.shield(self._proto.paused)

@@ -1,17 +1,18 @@
-"""The only package that touches OS process APIs: spawn, pidfds, signals, /proc.
+"""The only package that touches OS process APIs: pidfds, signals, /proc.
 
 Split by job, every public name re-exported here (the rest of the daemon uses
 ``oskit.X``):
 
 * :mod:`.proc` — identity (pid plus start ticks, checked after a pidfd is
   open), /proc reading, process-tree walks, environment markers.
-* :mod:`.spawning` — spawning children (``subprocess.Popen``, then disarmed), the
-  single reaper (:func:`reap_all`), fd helpers.
-* :mod:`.signals` — signal names and numbers, pidfd and group signalling, the
-  dispositions children inherit, the subreaper flag, the fd limit.
+* :mod:`.signals` — signal names and numbers, exit statuses, pidfd and group
+  signalling, the dispositions the keeper inherits, the fd limit.
+
+The daemon spawns and reaps nothing but its keeper: children are spawned and
+reaped by the keeper (:mod:`daemon.keeper`, which has its own standard-library
+code for it).
 
 Each module's docstring gives its reasons.
-(The spawning module is not named ``spawn``: that name is the function.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .proc import (
     adopted_children,
     boot_id,
     children_of,
+    close_fd,
     descendants,
     environ_marker,
     is_alive,
@@ -33,7 +35,7 @@ from .proc import (
     tree_of,
 )
 from .signals import (
-    become_subreaper,
+    ExitStatus,
     group_has_members,
     open_pidfd,
     pidfd_signal,
@@ -45,21 +47,11 @@ from .signals import (
     signal_number,
     valid_signals,
 )
-from .spawning import (
-    ExitStatus,
-    Spawned,
-    SpawnError,
-    close_fd,
-    reap_all,
-    spawn,
-    write_nonblocking,
-)
 
 __all__ = [
-    "PROC", "ExitStatus", "ProcInfo", "SpawnError", "Spawned", "adopted_children",
-    "become_subreaper", "boot_id", "children_of", "close_fd", "descendants", "environ_marker",
-    "group_has_members", "is_alive", "open_pidfd", "open_verified_pidfd", "pidfd_signal",
-    "proc_info", "proc_table", "process_exists", "raise_nofile_limit", "reap_all",
-    "reset_inherited_signals", "send_via_pidfd", "signal_group", "signal_name", "signal_number",
-    "spawn", "start_ticks", "tree_of", "valid_signals", "write_nonblocking",
+    "PROC", "ExitStatus", "ProcInfo", "adopted_children", "boot_id", "children_of", "close_fd",
+    "descendants", "environ_marker", "group_has_members", "is_alive", "open_pidfd",
+    "open_verified_pidfd", "pidfd_signal", "proc_info", "proc_table", "process_exists",
+    "raise_nofile_limit", "reset_inherited_signals", "send_via_pidfd", "signal_group",
+    "signal_name", "signal_number", "start_ticks", "tree_of", "valid_signals",
 ]

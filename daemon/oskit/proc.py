@@ -117,15 +117,14 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-def adopted_children() -> list[int]:
-    """This process's children that may have been re-parented to it (it is a subreaper).
+def adopted_children(pid: int) -> list[int]:
+    """The children of subreaper ``pid`` that may have been re-parented to it.
 
     Only the main thread's list is read: the kernel hands an orphan to the
     subreaper's first live thread, its thread-group leader (``find_new_reaper``
     and ``find_alive_thread`` in kernel/exit.c), while children spawned from
-    other threads are ours by pid anyway.
+    other threads are its own by pid anyway.
     """
-    pid = os.getpid()
     return _task_children(pid, pid)
 
 
@@ -223,3 +222,9 @@ def tree_of(leader_pid: int, leader_ticks: int, leader_reaped: bool,
     return list(members.values())
 
 
+def close_fd(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

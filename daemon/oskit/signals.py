@@ -8,6 +8,7 @@ while its leader is unreaped, so the group id cannot have been handed out again.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import signal
@@ -92,19 +93,8 @@ def send_via_pidfd(pidfd: int, sig: int) -> None:
     """Signal through a pidfd, raising ProcessLookupError/PermissionError as kill(2) would."""
     signal.pidfd_send_signal(pidfd, sig)
 
-def become_subreaper() -> bool:
-    """PR_SET_CHILD_SUBREAPER: orphaned descendants are re-parented to us, not to PID 1.
 
-    A double-forked grandchild thus stays in our tree (found by parent links,
-    reaped by us) instead of escaping, and no zombie is left to an init that
-    does not reap (some container inits do not).
-    """
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    PR_SET_CHILD_SUBREAPER = 36
-    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-
-# --- signal dispositions children inherit --------------------------------------------
+# --- signal dispositions the keeper (and so children) inherit ------------------------
 
 # Signals left alone: SIGKILL and SIGSTOP cannot be caught; a handler for a fault
 # signal would return into the fault; one for SIGTTIN/SIGTTOU/SIGTSTP would turn the
@@ -165,3 +155,13 @@ def raise_nofile_limit() -> int:
     return soft
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """How a child ended, as the keeper reaped it."""
+
+    code: int | None          # exit code, when it exited
+    signal: int | None        # signal number, when a signal ended it
+
+    @property
+    def signal_name(self) -> str | None:
+        return signal_name(self.signal) if self.signal else None

@@ -9,12 +9,14 @@ Inside, each module has one job:
 ``table.py``        the process table: live records, the queue, the recently
                     settled cache, waiters, slots; the one place a state changes
 ``running.py``      created → admitted → spawned → exited → idle; owns the children
+``kept.py``         the link to the keeper, the children's parent: spawn, signals,
+                    stdin, exits and their acknowledgement, noticing its loss
 ``terminating.py``  kill, cancel, timeout: the way to idle through ``terminating``
 ``stopping.py``     a child's whole tree: walk, signal, orphans, wait it gone,
                     strays, unmanaged pids
-``children.py``     pidfds, the one reaper, the marker every child carries
-``reconcile.py``    start-up: adopt what still runs, settle what was lost
-``stdio.py``        stdin pipes, output reads, output caps
+``children.py``     kept and adopted children, how each ends, the marker every child carries
+``reconcile.py``    start-up and a lost keeper: take up what still runs, settle the rest
+``stdio.py``        stdin (through the keeper), output reads
 ``unsaved.py``      every write, and records whose latest state is not saved yet
 ``tasks.py``        supervisor-owned tasks (a client going away cuts nothing short)
 ==================  ==========================================================
@@ -32,8 +34,9 @@ How it keeps its promises:
   and a pair missing from the table is a 409, never a 500.
 * **One owner for live state.** The process table holds every record that may
   still change; the slots ``max_concurrent`` counts are derived from their states.
-* **One reaper** (children.py). **Never signal a stranger, no strays**
-  (stopping.py).
+* **The keeper is the parent** (kept.py): it reaps, and journals each exit until
+  the record's end is committed and acknowledged. **Never signal a stranger, no
+  strays** (stopping.py).
 * **Client disconnects don't cut work short.** State-changing work runs in
   supervisor-owned tasks; HTTP handlers await them through ``asyncio.shield``.
 * **Memory and SQLite never disagree for long, and never about a promise**

@@ -1,18 +1,21 @@
-"""The children: their pidfds, the marker they carry, and the one reaper.
+"""The children as the daemon sees them: who they are, the marker they carry, how each ends.
 
-* **One reaper.** The daemon is a child subreaper. :meth:`Children.reap`
-  (whenever a child's pidfd turns readable, and once a second) collects every
-  exited child with ``waitpid(-1, WNOHANG)`` and dispatches by pid; orphaned
-  grandchildren are reaped there too. No SIGCHLD handler: exits are seen through
-  pidfds, and uvloop keeps SIGCHLD for itself; an orphan's zombie lasts at most a
-  second (its exit is seen at once through the pidfd a stop holds on it).
-  Re-adopted processes (left by an earlier daemon) are not our children: their
-  pidfd alone says they ended, and their exit status is unknown.
+* **Kept children.** The keeper (kept.py) is the parent and the only reaper of
+  every child the daemon starts. Such a child is *kept*: the daemon holds no fd
+  for it; its exit, with the exact status, arrives from the keeper
+  (:meth:`Children.keeper_exit`), and signals to it go through the keeper.
+* **Adopted children.** A child whose keeper was killed (or that a daemon finds
+  without a keeper that knows it) is *adopted*: the daemon holds a pidfd, opened
+  and then checked against the child's start ticks, and learns from it only
+  *that* the child ended; its exit status is unknown.
 * **The marker.** Every child is started with ``STABLEHAND_ID`` (its record's id)
   and ``STABLEHAND_INSTANCE`` (this registry's instance) in its environment, and
   without the daemon's own private variables. Descendants inherit it: that is how
   a restarted daemon recognises its processes and how a stop recognises orphans
   of a tree (:class:`Markers`).
+
+The daemon itself is no subreaper and reaps nothing but the keeper it started
+(keeper/client.py): orphans of a tree are re-parented to the keeper.
 """
 
 from __future__ import annotations
@@ -40,15 +43,13 @@ class Child:
     id: int
     pid: int
     ticks: int
-    pidfd: int
-    own: bool                                   # our child (we reap it) or re-adopted
+    pidfd: int                                  # adopted: ours to watch; kept: -1
+    kept: bool                                  # the keeper's child, or adopted
     exited: asyncio.Future[oskit.ExitStatus | None]
-    stdin_fd: int | None = None
+    stdin_open: bool = False                    # a kept child's stdin pipe, held by the keeper
     timer: asyncio.TimerHandle | None = None
     stdin_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
-    # A write waiting for the pipe to drain: its fd is registered with the loop, so the
-    # fd must be unregistered before it is closed (see close_stdin).
-    stdin_waiter: asyncio.Future[None] | None = None
+    keeper_lost: bool = False                   # adopted because its keeper was killed
 
 
 class Markers:
@@ -80,14 +81,17 @@ ExitHandler = Callable[[Child, oskit.ExitStatus | None], None]
 
 
 class Children:
-    """Every child being watched, by record id, and our own (the reaped ones) by pid."""
+    """Every child being watched, by record id; the kept ones also by OS pid."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, log: Any, on_exit: ExitHandler) -> None:
         self._loop = loop
         self._log = log
         self._on_exit = on_exit
         self.by_id: dict[int, Child] = {}
-        self.by_pid: dict[int, Child] = {}          # our own children, by OS pid
+        self.by_pid: dict[int, Child] = {}          # kept children, by OS pid
+        # Exits the keeper told of before the spawn's reply was handled (both can arrive
+        # in one read): taken by watch(). Only for ids the caller knows are live.
+        self._early: dict[int, oskit.ExitStatus] = {}
 
     def get(self, process_id: int) -> Child | None:
         return self.by_id.get(process_id)
@@ -95,38 +99,56 @@ class Children:
     def all(self) -> list[Child]:
         return list(self.by_id.values())
 
-    def new(self, process_id: int, pid: int, ticks: int, pidfd: int, *, own: bool,
-            stdin_fd: int | None = None) -> Child:
-        return Child(id=process_id, pid=pid, ticks=ticks, pidfd=pidfd, own=own,
-                     exited=self._loop.create_future(), stdin_fd=stdin_fd)
+    def new(self, process_id: int, pid: int, ticks: int, pidfd: int, *, kept: bool,
+            stdin_open: bool = False) -> Child:
+        return Child(id=process_id, pid=pid, ticks=ticks, pidfd=pidfd, kept=kept,
+                     exited=self._loop.create_future(), stdin_open=stdin_open)
 
     def watch(self, child: Child) -> None:
         self.by_id[child.id] = child
-        if child.own:
+        if child.kept:
             self.by_pid[child.pid] = child
-        self._loop.add_reader(child.pidfd, self._on_pidfd, child)
+            early = self._early.pop(child.id, None)
+            if early is not None:
+                self._loop.call_soon(self._exited, child, early)
+        else:
+            self._loop.add_reader(child.pidfd, self._on_pidfd, child)
+
+    def keeper_exit(self, process_id: int, status: oskit.ExitStatus) -> bool:
+        """The keeper reaped a kept child. False if no kept child has that id (yet)."""
+        child = self.by_id.get(process_id)
+        if child is None or not child.kept:
+            return False
+        self._exited(child, status)
+        return True
+
+    def hold_exit(self, process_id: int, status: oskit.ExitStatus) -> None:
+        """An exit that came before its child was watched (the spawn reply is being handled)."""
+        self._early[process_id] = status
+
+    def adopt(self, child: Child, pidfd: int) -> None:
+        """A kept child whose keeper is gone: watch it through our own (verified) pidfd."""
+        self.by_pid.pop(child.pid, None)
+        child.kept, child.pidfd, child.stdin_open, child.keeper_lost = False, pidfd, False, True
+        self._loop.add_reader(pidfd, self._on_pidfd, child)
 
     def _on_pidfd(self, child: Child) -> None:
-        if child.own:
-            self.reap()
-        else:  # re-adopted: not ours to reap; the pidfd alone says it ended
-            self._exited(child, None)
-
-    def reap(self) -> None:
-        for pid, status in oskit.reap_all():
-            child = self.by_pid.get(pid)
-            if child is not None:
-                self._exited(child, status)
-            else:
-                self._log.debug("orphan.reaped", pid=pid)
+        self._exited(child, None)   # adopted: the pidfd alone says it ended
 
     def _exited(self, child: Child, status: oskit.ExitStatus | None) -> None:
+        if child.exited.done():
+            return
         self.forget(child)
         child.exited.set_result(status)
         self._on_exit(child, status)
 
+    def lost(self, child: Child) -> None:
+        """A kept child that ended while no keeper watched it: its status is unknown."""
+        child.keeper_lost = True
+        self._exited(child, None)
+
     def forget(self, child: Child) -> None:
-        """Stop watching ``child``: close its pidfd and stdin, cancel its timeout."""
+        """Stop watching ``child``: close its pidfd, cancel its timeout."""
         if self.by_id.get(child.id) is child:
             del self.by_id[child.id]
         if self.by_pid.get(child.pid) is child:
@@ -137,25 +159,7 @@ class Children:
             child.pidfd = -1
         if child.timer is not None:
             child.timer.cancel()
-        self.close_stdin(child)
-
-    def close_stdin(self, child: Child) -> None:
-        """Close a child's stdin pipe, first waking a write that waits on it.
-
-        The waiting write's fd is registered with the loop (``add_writer``). Closing it
-        while registered lets the number be reused by the next pipe or pidfd, and the
-        loop then acts on the wrong file (uvloop aborts the daemon). So the fd leaves
-        the loop first; the woken write finds the pipe closed and answers 409.
-        """
-        fd = child.stdin_fd
-        if fd is None:
-            return
-        if child.stdin_waiter is not None:
-            self._loop.remove_writer(fd)
-            resolve(child.stdin_waiter)
-            child.stdin_waiter = None
-        child.stdin_fd = None
-        oskit.close_fd(fd)
+        child.stdin_open = False
 
 
 def resolve_once(loop: asyncio.AbstractEventLoop, fd: int, future: asyncio.Future[Any]) -> None:

@@ -20,6 +20,7 @@ from .. import oskit
 from ..config import Config
 from ..errors import ApiError, Conflict, Forbidden, NotFound, Unavailable
 from ..events import EventHub
+from ..keeper.client import KeeperError, KeeperGone, NoSuchChild
 from ..metrics import Metrics
 from ..model import ACTIVE, SETTLED, SIGNALLABLE, STOPPABLE, ExitState, Process, StartSpec, State, StopReason
 from ..output import OutputReader, OutputStore
@@ -32,8 +33,6 @@ from .table import ProcessTable
 from .tasks import Tasks
 from .terminating import done_future
 from .unsaved import UnsavedRecords
-
-HOUSEKEEPING_INTERVAL = 1.0
 
 
 class Supervisor:
@@ -56,19 +55,22 @@ class Supervisor:
                                       self._unsaved, self._tasks, self._markers, self._listeners)
         self._children, self._trees, self._stdio = runner.children, runner.trees, runner.stdio
         self._loop = runner.loop
-        self._guard: asyncio.Task[None] | None = None
 
     @property
     def _instance(self) -> str:
         """This registry's instance id, carried by every child (tests look for it)."""
         return self._markers.instance
 
+    @property
+    def keeper_pid(self) -> int:
+        """The keeper's pid (0 while it is being found again): the parent of every child."""
+        return self._runner.keeper.pid
+
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Take ownership: become subreaper, reconcile the registry, start the queue."""
-        oskit.become_subreaper()
-        reset = oskit.reset_inherited_signals()
+        """Take ownership: find (or start) the keeper, reconcile the registry, start the queue."""
+        reset = oskit.reset_inherited_signals()   # a keeper we start inherits our dispositions
         if reset:
             self.log.info("daemon.signals_reset", signals=reset)
         instance = await self.registry.get_meta("instance") or ""
@@ -76,10 +78,12 @@ class Supervisor:
             instance = uuid.uuid4().hex
             await self.registry.set_meta("instance", instance)
         self._markers.instance = instance
-        await reconcile(self._runner)
-        self.outputs.refill_in_background()
+        try:
+            listing = await self._runner.keeper.connect()
+        except KeeperError as exc:
+            raise Unavailable(f"cannot reach or start the keeper: {exc}") from None
+        await reconcile(self._runner, listing)
         self._runner.admit()
-        self._guard = self._loop.create_task(self._housekeeping())
 
     async def shutdown(self) -> None:
         """Stop (or detach from) every child, per the ``shutdown`` setting."""
@@ -87,8 +91,6 @@ class Supervisor:
         runner.closing = True
         self.closing.set()
         self.outputs.close()
-        if self._guard is not None:
-            self._guard.cancel()
         if self.config.shutdown == "stop":
             graces = [0.0]
             for proc in self._table.records():
@@ -101,29 +103,17 @@ class Supervisor:
             _, pending = await asyncio.wait(waits, timeout=max(graces) + 1)
             if pending:
                 for process_id in list(self._trees.stop_sets):
-                    self._trees.kill_stopping(process_id)
+                    await self._trees.kill_stopping(process_id)
             await tasks.drain()
+            await runner.keeper.stop_keeper()
         else:
             left = [{"id": p.id, "pid": p.pid} for p in self._table.records() if p.state in ACTIVE]
             self.log.info("daemon.detached", processes=left, count=len(left))
             await tasks.cancel_all()
+            await runner.keeper.close()
         for child in self._children.all():
             self._children.forget(child)
-        self._children.reap()
         await self._unsaved.close()
-
-    async def _housekeeping(self) -> None:
-        """Once a second: reap orphans that exited, keep output within max_output_bytes,
-        and, when the last second saw no start or stop, refill the spare output files."""
-        while True:
-            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
-            self._children.reap()
-            for proc in self._table.records():
-                if proc.state in ACTIVE:
-                    self._stdio.cap_output(proc)
-            quiet = self._loop.time() - self._runner.last_busy >= HOUSEKEEPING_INTERVAL
-            if quiet and self.outputs.needs_spares():
-                self.outputs.refill_in_background()
 
     # --- queries ---------------------------------------------------------------------
 
@@ -219,7 +209,7 @@ class Supervisor:
         if proc is not None and proc.state in STOPPABLE:
             await self.stop(process_id, grace=0, sig=signal.SIGKILL)
         elif proc is not None and proc.state is State.TERMINATING:
-            self._trees.kill_stopping(process_id)
+            await self._trees.kill_stopping(process_id)
         record, _ = await self.wait(process_id, KILL_WAIT + 1)
         return record
 
@@ -283,7 +273,7 @@ class Supervisor:
         """A signal given by name or number; ValueError if there is no such signal."""
         return oskit.signal_number(value)
 
-    def send_signal(self, process_id: int, sig: int, *, group: bool = False,
+    async def send_signal(self, process_id: int, sig: int, *, group: bool = False,
                     terminating_ok: bool = False) -> bool:
         """Deliver ``sig`` to a running process (or its group); state is unchanged.
 
@@ -296,8 +286,11 @@ class Supervisor:
         if proc is None or proc.state not in allowed or child is None:
             state = proc.state.value if proc else "idle"
             raise Conflict(f"process {process_id} is not running (it is {state})")
-        if group and child.own:
-            return oskit.signal_group(child.pid, sig)
+        if child.kept:
+            try:
+                return await self._runner.keeper.signal(process_id, sig, group=group)
+            except (NoSuchChild, KeeperGone):
+                return False
         return oskit.pidfd_signal(child.pidfd, sig)
 
     async def signal_unmanaged(self, pid: int, sig: int, grace: float | None = None) -> bool:
@@ -347,7 +340,7 @@ class Supervisor:
     async def close_stdin(self, process_id: int) -> None:
         if process_id not in self._table:
             await self.get(process_id)  # NotFound for an unknown id
-        self._stdio.close(process_id)
+        await self._stdio.close(process_id)
 
 
 def _check_replay(existing: Process, fingerprint: str | None) -> Process:

@@ -1,52 +1,69 @@
-"""Start-up: make the registry and the machine agree before serving (README, 'Restarts').
+"""Start-up, and the loss of the keeper: make the registry, the keeper and the machine agree.
 
-Every record SQLite holds as queued, running or terminating is loaded into the
-process table first (so the slots they hold are counted before anything is
-admitted); then each one that should have a process is either
+At start-up every record SQLite holds as queued, running or terminating is
+loaded into the process table first (so the slots they hold are counted before
+anything is admitted); then each one that should have a process is
 
-* **adopted**: its process is still there — same pid, same start ticks, and,
-  when its environment can be read, this record's STABLEHAND_ID and instance.
-  It is watched through a pidfd (its exit status will be unknown: it is not our
-  child), its timeout re-armed, and a stop an earlier daemon began is resumed
-  with what is left of its grace; or
-* **lost**: it ended while no daemon was watching. A running record ends
+* **kept**: the keeper still holds its child (or journalled its exit, which is
+  then recorded exactly, and acknowledged once committed). Its timeout is
+  re-armed, a stop an earlier daemon began is resumed with what is left of its
+  grace, and its stdin pipe is still there; or
+* **adopted**: no keeper knows it (the keeper was killed while the daemon was
+  down), but its process is still there — same pid, same start ticks, and, when
+  its environment can be read, this record's STABLEHAND_ID and instance. It is
+  watched through a pidfd; its exit status will be unknown; or
+* **lost**: it ended while nothing was watching. A running record ends
   idle/failed ("exit status lost ..."), a terminating one ends as its stop
   would have.
 
 A crash between a spawn and the commit of its pid (or start ticks) is repaired
-from the marker the child carries. A marked process that no record accounts for
-is a stray and is stopped. Queued records run as soon as slots allow.
+from what the keeper reports or, without it, from the marker the child carries.
+A marked process that no record accounts for is a stray and is stopped. Queued
+records run as soon as slots allow.
+
+When the keeper is lost while the daemon runs (:func:`recover_keeper`), a new
+one is started and every kept child is accounted for the same way: its exit, if
+the journal has it; else adopted by pidfd and start ticks (its output is no
+longer captured, and its record will say so); else recorded as lost.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from .. import oskit
+from ..keeper.client import ChildInfo, ExitEvent, KeeperError, Listing
 from ..model import LIVE, Event, Process, State, iso_to_epoch, now_iso, stopped_event
-from .children import ID_VAR, INSTANCE_VAR, Markers
+from .children import ID_VAR, INSTANCE_VAR, Child, Markers
 from .terminating import wall
 
 if TYPE_CHECKING:
     from .running import Runner
 
 
-async def reconcile(runner: Runner) -> None:
+RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0)   # between attempts to find a keeper again
+
+
+async def reconcile(runner: Runner, listing: Listing) -> None:
     records = await runner.registry.in_states(LIVE)
+    kept = {info.id: info for info in listing.children}
+    exits = {event.id: event for event in listing.exits}
     marked = _scan_markers(runner.markers)
     for proc in records:
         runner.table.load(proc)
     for proc in records:
         if proc.state is State.QUEUED:
             continue
+        if proc.id in kept or proc.id in exits:
+            await _keep(runner, proc, kept.get(proc.id), exits.pop(proc.id, None))
+            continue
         found = marked.get(proc.id)
         if found is not None and (proc.pid is None or
                                   (proc.pid == found.pid and proc.pid_start_time is None)):
             # crashed between spawn and the commit of its pid or start time
             proc.pid, proc.pid_start_time = found.pid, found.start_ticks
-            proc.boot_id, proc.started_at = runner.markers.boot_id, proc.started_at or now_iso()
-            await runner.registry.update(proc.id, pid=proc.pid, pid_start_time=proc.pid_start_time,
-                                       boot_id=proc.boot_id, started_at=proc.started_at)
+            await _save_pid(runner, proc)
         pidfd = None
         if proc.pid is not None and proc.boot_id == runner.markers.boot_id:
             pidfd = oskit.open_verified_pidfd(proc.pid, _ticks(proc.pid_start_time))
@@ -56,11 +73,89 @@ async def reconcile(runner: Runner) -> None:
         if pidfd is None:
             await _record_lost(runner, proc)
         else:
-            _adopt(runner, proc, pidfd)
+            assert proc.pid is not None   # a pidfd was opened for it
+            _adopt(runner, proc, runner.children.new(
+                proc.id, proc.pid, int(proc.pid_start_time or 0), pidfd, kept=False))
+    for event in exits.values():   # of records already idle (or deleted): only acknowledged
+        runner.keeper_exit(event)
+    _stop_strays(runner, marked)
+    for event in runner.keeper.ready():
+        runner.keeper_exit(event)
+
+
+async def _keep(runner: Runner, proc: Process, info: ChildInfo | None, event: ExitEvent | None) -> None:
+    """A record whose child the keeper holds, or whose exit it journalled."""
+    pid = info.pid if info is not None else event.pid if event is not None else 0
+    ticks = info.start_ticks if info is not None else None
+    if proc.pid != pid or (proc.pid_start_time is None and ticks is not None):
+        # crashed between spawn and the commit of its pid or start time
+        proc.pid, proc.pid_start_time = pid, ticks if ticks is not None else proc.pid_start_time
+        await _save_pid(runner, proc)
+    child = runner.children.new(proc.id, pid, ticks if ticks is not None else -1, -1, kept=True,
+                                stdin_open=info is not None and info.stdin_open)
+    _adopt(runner, proc, child)
+    if event is not None:
+        runner.keeper_exit(event)
+
+
+async def _save_pid(runner: Runner, proc: Process) -> None:
+    proc.boot_id, proc.started_at = runner.markers.boot_id, proc.started_at or now_iso()
+    await runner.registry.update(proc.id, pid=proc.pid, pid_start_time=proc.pid_start_time,
+                                 boot_id=proc.boot_id, started_at=proc.started_at)
+
+
+def _stop_strays(runner: Runner, marked: dict[int, oskit.ProcInfo]) -> None:
     for process_id, info in marked.items():
         live = runner.table.get(process_id)
         if live is None or live.pid != info.pid:
             runner.tasks.spawn(runner.trees.stop_stray(process_id, info))
+
+
+async def recover_keeper(runner: Runner) -> None:
+    """The keeper was lost: find (start) one again and account for every kept child."""
+    attempt = 0
+    while True:
+        if runner.closing:
+            return
+        try:
+            listing = await runner.keeper.connect()
+            break
+        except KeeperError as exc:
+            delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
+            runner.log.error("keeper.unavailable", error=str(exc), retry_in=delay)
+            attempt += 1
+            await asyncio.sleep(delay)
+    exits = {event.id: event for event in listing.exits}
+    still_kept = {info.id for info in listing.children}
+    for child in runner.children.all():
+        if not child.kept or child.id in still_kept:
+            continue
+        event = exits.pop(child.id, None)
+        if event is not None:
+            runner.keeper_exit(event)
+        else:
+            _orphaned(runner, child)
+    for event in exits.values():
+        runner.keeper_exit(event)
+    _stop_strays(runner, _scan_markers(runner.markers))
+    for event in runner.keeper.ready():
+        runner.keeper_exit(event)
+
+
+def _orphaned(runner: Runner, child: Child) -> None:
+    """A kept child whose keeper died: adopt it by pidfd and start ticks, or record it lost."""
+    pidfd = oskit.open_verified_pidfd(child.pid, child.ticks if child.ticks >= 0 else None)
+    marker = runner.markers.read(child.pid) if pidfd is not None else None
+    if pidfd is not None and marker is not None and marker.get(ID_VAR) != str(child.id):
+        oskit.close_fd(pidfd)
+        pidfd = None
+    if pidfd is None:
+        runner.log.warning("process.lost_with_keeper", process_id=child.id, pid=child.pid)
+        runner.children.lost(child)
+    else:
+        runner.log.warning("process.adopted", process_id=child.id, pid=child.pid,
+                           reason="keeper lost: output no longer captured")
+        runner.children.adopt(child, pidfd)
 
 
 def _still_ours(proc: Process, markers: Markers) -> bool:
@@ -99,11 +194,10 @@ async def _record_lost(runner: Runner, proc: Process) -> None:
         await runner.finish(proc, stopped_event(proc.stop_reason))
 
 
-def _adopt(runner: Runner, proc: Process, pidfd: int) -> None:
-    assert proc.pid is not None and proc.pid_start_time is not None
-    child = runner.children.new(proc.id, proc.pid, int(proc.pid_start_time), pidfd, own=False)
+def _adopt(runner: Runner, proc: Process, child: Child) -> None:
     runner.children.watch(child)
-    runner.log.info("process.adopted", process_id=proc.id, pid=proc.pid, state=proc.state.value)
+    runner.log.info("process.adopted", process_id=proc.id, pid=child.pid, state=proc.state.value,
+                    kept=child.kept)
     if proc.state is State.RUNNING:
         runner.arm_timeout(proc, child)
         return

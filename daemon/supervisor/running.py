@@ -34,18 +34,19 @@ from typing import Any
 
 from .. import oskit
 from ..config import Config
+from ..keeper.client import ExitEvent, KeeperError, KeeperGone
 from ..model import ACTIVE, Event, Process, StartSpec, State, iso_to_epoch, now_iso, transition
 from ..output import OutputStore
 from ..registry import DuplicateKey, Registry, RegistryError, StorageError
 from .children import Child, Children, Markers
+from .kept import KeeperLink
+from .reconcile import recover_keeper
 from .stdio import Stdio
 from .stopping import Trees
 from .table import ProcessTable
 from .tasks import Tasks
 from .terminating import Terminating, message_of, wall
 from .unsaved import UnsavedRecords
-
-DEVNULL = os.devnull
 
 Listener = Callable[[Process], None]
 
@@ -68,13 +69,18 @@ class Runner:
         self.listeners = listeners
         self.write = unsaved.write
         self.children = Children(loop, log, self._on_exit)
-        self.trees = Trees(loop, log, config, self.children, markers)
-        self.stdio = Stdio(loop, log, config, outputs, table, self.children, unsaved)
+        self.keeper = keeper = KeeperLink(str(config.state_dir), config.grace,
+                                          config.keeper == "external", log,
+                                          self.keeper_exit, self._keeper_lost)
+        self.trees = Trees(loop, log, config, self.children, markers, keeper)
+        self.stdio = Stdio(log, outputs, table, self.children, keeper)
         self.terminating = Terminating(self)
         self.closing = False
         self.admission: dict[int, asyncio.Future[None]] = {}  # id -> its `running` write
+        self.spawning: dict[int, asyncio.Future[Child | None]] = {}  # id -> the spawn in flight
         self.abandoned: set[int] = set()            # spawned, pid not committed: being killed
-        self.last_busy = 0.0                        # loop time of the last start or stop
+        self.from_keeper: set[int] = set()          # exits to acknowledge once committed
+        self.recovering = False                     # the keeper was lost: finding one again
 
     # --- creation and admission ------------------------------------------------------
 
@@ -154,44 +160,59 @@ class Runner:
     async def spawn(self, proc: Process) -> None:
         """Start a record that is committed as running (unless it was killed meanwhile).
 
-        Never raises for what fails before the child runs: the record ends
-        idle/failed with the error and frees its slot. A pid that cannot be
-        committed costs the child its life (:meth:`_abandon`).
+        The keeper spawns it (kept.py). Never raises for what fails before the child
+        runs: the record ends idle/failed with the error and frees its slot. A pid
+        that cannot be committed costs the child its life (:meth:`_abandon`). A kill
+        that arrives while the keeper is spawning waits for the spawn
+        (:attr:`spawning`) and stops what it started.
         """
         if proc.state is not State.RUNNING:
             return  # killed between admission and spawn: the kill path finishes it
-        self.note_busy()
+        spawning: asyncio.Future[Child | None] = self.loop.create_future()
+        self.spawning[proc.id] = spawning
+        child = None
         try:
-            stdout, stderr = self.outputs.prepare(proc.id)
-            stdout = DEVNULL if proc.stdout_mode == "discard" else stdout
-            stderr = DEVNULL if proc.stderr_mode == "discard" else stderr
-            spawned = oskit.spawn(proc.argv, self.markers.env(proc), proc.cwd, stdout, stderr,
-                                  stdin_pipe=proc.stdin == "pipe")
-        except Exception as exc:  # whatever it is, nothing runs: say why on the record
-            if not isinstance(exc, (oskit.SpawnError, OSError)):
-                self.log.error("process.spawn_error", process_id=proc.id, error=repr(exc))
-            await self.finish(proc, Event.SPAWN_FAILED, error=str(exc) or type(exc).__name__)
+            child = await self._spawn(proc)
+        finally:
+            del self.spawning[proc.id]
+            spawning.set_result(child)
+        if child is None:
             return
-        child = self.children.new(proc.id, spawned.pid, -1, spawned.pidfd, own=True,
-                                  stdin_fd=spawned.stdin_fd)
-        self.children.watch(child)
-        proc.pid, proc.boot_id, proc.started_at = spawned.pid, self.markers.boot_id, now_iso()
-        commit = self.write(proc, pid=proc.pid, boot_id=proc.boot_id, started_at=proc.started_at)
-        self.arm_timeout(proc, child)
-        self.log.info("process.spawned", process_id=proc.id, pid=spawned.pid)
+        commit = self.write(proc, pid=proc.pid, boot_id=proc.boot_id, started_at=proc.started_at,
+                            pid_start_time=proc.pid_start_time)
+        if proc.state is State.RUNNING:
+            self.arm_timeout(proc, child)
+        self.log.info("process.spawned", process_id=proc.id, pid=proc.pid)
         try:
             await commit
         except RegistryError as exc:
             await self._abandon(proc, child, exc)
-            return
-        # The start time proves identity after a restart. It is read only now, once
-        # the child is past exec (reading /proc/<pid>/stat during exec waits on it);
-        # until it is stored, a restarted daemon identifies the child by its
-        # STABLEHAND_ID marker instead. Our own unreaped child cannot be recycled.
-        ticks = None if child.exited.done() else oskit.start_ticks(spawned.pid)
-        if ticks is not None:
-            child.ticks = proc.pid_start_time = ticks
-            self.write(proc, pid_start_time=ticks)
+
+    async def _spawn(self, proc: Process) -> Child | None:
+        """Ask the keeper for the child; on failure end the record (unless a kill will)."""
+        try:
+            spawned = await self.keeper.spawn(
+                proc.id, proc.argv, self.markers.env(proc), proc.cwd or os.getcwd(),
+                stdin="pipe" if proc.stdin == "pipe" else "null", stdout=proc.stdout_mode,
+                stderr=proc.stderr_mode, cap=self.config.max_output_bytes or None)
+        except Exception as exc:  # whatever it is, nothing runs: say why on the record
+            if isinstance(exc, KeeperGone):
+                # A spawn the keeper received may have started: the recovery stops it as a stray.
+                exc = KeeperGone(f"not started: the keeper was lost ({exc})")
+            elif not isinstance(exc, (KeeperError, OSError)):
+                self.log.error("process.spawn_error", process_id=proc.id, error=repr(exc))
+            if proc.state is State.RUNNING:
+                await self.finish(proc, Event.SPAWN_FAILED, error=str(exc) or type(exc).__name__)
+            return None
+        ticks = spawned.start_ticks if spawned.start_ticks is not None else -1
+        child = self.children.new(proc.id, spawned.pid, ticks, -1, kept=True,
+                                  stdin_open=proc.stdin == "pipe")
+        proc.pid, proc.boot_id, proc.started_at = spawned.pid, self.markers.boot_id, now_iso()
+        # The start time proves identity after a restart; the keeper reads it at spawn.
+        # Without it (/proc unreadable) a restarted daemon goes by the child's marker.
+        proc.pid_start_time = spawned.start_ticks
+        self.children.watch(child)
+        return child
 
     async def _abandon(self, proc: Process, child: Child, error: BaseException) -> None:
         """The pid of a child just spawned could not be committed: kill its tree, fail the record.
@@ -210,7 +231,7 @@ class Runner:
         self.log.warning("process.abandoned", process_id=proc.id, pid=child.pid,
                          error=message_of(error))
         try:
-            members = self.trees.signal_tree(child, signal.SIGKILL, {})
+            members = await self.trees.signal_tree(child, signal.SIGKILL, {})
             status = await self.trees.stop_members(child, members, 0)
         finally:
             self.abandoned.discard(proc.id)
@@ -225,15 +246,44 @@ class Runner:
         delay = max(0.0, started + proc.timeout - wall())
         child.timer = self.loop.call_later(delay, self.terminating.expire, proc.id)
 
-    def note_busy(self) -> None:
-        """A start or a stop: spare output files are made only once the daemon is quiet again."""
-        self.last_busy = self.loop.time()
-        self.outputs.pause_refill()
-
     def grace_of(self, proc: Process) -> float:
         return proc.grace if proc.grace is not None else self.config.grace
 
     # --- exits -----------------------------------------------------------------------
+
+    def keeper_exit(self, event: ExitEvent) -> None:
+        """The keeper reaped a child and journalled its exit: settle the record.
+
+        Idempotent by id (the keeper delivers at least once). The output marks come
+        with it. An exit of a record that is no longer live was committed before:
+        it is only acknowledged.
+        """
+        status = oskit.ExitStatus(code=event.code, signal=event.signal)
+        proc = self.table.get(event.id)
+        if proc is None:
+            self.keeper.ack_soon(event.id)
+            return
+        if proc.state not in ACTIVE:
+            return   # its end is being committed; acknowledged then (finished)
+        proc.stdout_dropped = max(proc.stdout_dropped, event.stdout_dropped)
+        proc.stderr_dropped = max(proc.stderr_dropped, event.stderr_dropped)
+        if event.stdout_lost or event.stderr_lost:
+            self.log.warning("process.output_lost", process_id=event.id,
+                             stdout_lost=event.stdout_lost, stderr_lost=event.stderr_lost)
+        self.from_keeper.add(event.id)
+        if not self.children.keeper_exit(event.id, status) and event.id in self.spawning:
+            self.children.hold_exit(event.id, status)   # its spawn reply is being handled
+
+    def _keeper_lost(self, error: KeeperGone) -> None:
+        if not self.closing and not self.recovering:
+            self.recovering = True
+            self.tasks.spawn(self._recover())
+
+    async def _recover(self) -> None:
+        try:
+            await recover_keeper(self)
+        finally:
+            self.recovering = False
 
     def _on_exit(self, child: Child, status: oskit.ExitStatus | None) -> None:
         proc = self.table.get(child.id)
@@ -245,9 +295,12 @@ class Runner:
         """Finish a running record whose leader exited, and sweep what it left in its group."""
         if status is not None and status.code == 0:
             event, error = Event.EXITED_OK, None
+        elif status is None and child.keeper_lost:
+            event, error = Event.EXITED_ERROR, ("exit status unknown: its keeper was killed, and "
+                                                "its output since then was not captured")
         elif status is None:
-            event, error = Event.EXITED_ERROR, ("exit status unknown: the process was re-adopted "
-                                                "after a daemon restart and is not the daemon's child")
+            event, error = Event.EXITED_ERROR, ("exit status unknown: no keeper held the process "
+                                                "(it was re-adopted after a restart)")
         elif status.signal:
             event, error = Event.EXITED_ERROR, f"killed by {status.signal_name}"
         else:
@@ -267,9 +320,6 @@ class Runner:
         an exit's commit starts in the same turn of the loop as its reap.
         """
         held_slot = proc.state in ACTIVE
-        if held_slot:
-            self.stdio.cap_output(proc)
-            self.outputs.finished(proc.id)
         self.table.apply(proc, event)
         proc.completed_at = now_iso()
         if status is not None:
@@ -285,10 +335,15 @@ class Runner:
         return self.tasks.spawn(self.finished(proc, commit))
 
     async def finished(self, proc: Process, commit: Awaitable[None]) -> None:
+        from_keeper = proc.id in self.from_keeper
+        self.from_keeper.discard(proc.id)
         try:
             await commit
+            if from_keeper:
+                self.keeper.ack_soon(proc.id)   # committed: the keeper may forget it
         except RegistryError:
-            pass  # the end happened: it is kept unsaved in memory and saved later (unsaved.py)
+            pass  # the end happened: it is kept unsaved in memory and saved later (unsaved.py);
+            # the keeper keeps it too, and replays it to the next daemon
         finally:
             self.table.discard(proc.id)  # only now: waiters registered meanwhile are still woken
         self.log.info("process.exited", process_id=proc.id,

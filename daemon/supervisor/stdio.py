@@ -1,64 +1,44 @@
-"""A child's stdin, its output, and the cap on what output is kept.
+"""A child's stdin and its output, as the keeper holds them.
 
-* **Stdin** is a pipe only for a process started with ``stdin: "pipe"``. Writes
-  never block the loop: the pipe is non-blocking, a full pipe is waited on with
-  ``add_writer`` up to a timeout, and one lock per child keeps concurrent writes
-  from interleaving. A process being stopped takes no more input.
+* **Stdin** is a pipe only for a process started with ``stdin: "pipe"``, and the
+  keeper holds its write end, so it outlives a daemon restart. A write is handed
+  to the keeper in pieces; while the keeper's buffer for the child (1 MiB) is
+  full, the write waits, up to its timeout (then 503, saying how much went in).
+  One lock per process keeps concurrent writes from interleaving. A process being
+  stopped takes no more input; an adopted one (its keeper was killed) has none.
 * **Output** is read through :class:`~daemon.output.OutputReader` (bounded
-  chunks, off the loop). The dropped mark is looked up at each read, so bytes
-  dropped meanwhile are never sent.
-* **Caps**: a stream over ``max_output_bytes`` loses its oldest bytes (once a
-  second, and when the process ends); the new dropped marks are written to the
-  record (``outputTruncated``).
+  chunks, off the loop). The keeper writes the files and enforces
+  ``max_output_bytes`` as it writes (keeper/pump.py); a reader finds the first
+  byte still kept in the file itself, so bytes dropped meanwhile are never sent.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from .. import oskit
-from ..config import Config
 from ..errors import Conflict, Unavailable
+from ..keeper.client import KeeperGone, NoSuchChild, StdinClosed, StdinFull
 from ..model import SIGNALLABLE, Process
 from ..output import OutputReader, OutputStore
-from .children import Child, Children, resolve
+from .children import Child, Children
+from .kept import KeeperLink
 from .table import ProcessTable
-from .unsaved import UnsavedRecords
 
 
 class Stdio:
-    def __init__(self, loop: asyncio.AbstractEventLoop, log: Any, config: Config,
-                 outputs: OutputStore, table: ProcessTable, children: Children,
-                 unsaved: UnsavedRecords) -> None:
-        self._loop = loop
+    def __init__(self, log: Any, outputs: OutputStore, table: ProcessTable, children: Children,
+                 keeper: KeeperLink) -> None:
         self._log = log
-        self._config = config
         self._outputs = outputs
         self._table = table
         self._children = children
-        self._unsaved = unsaved
+        self._keeper = keeper
 
     # --- output ----------------------------------------------------------------------
 
-    def cap_output(self, proc: Process) -> asyncio.Future[None] | None:
-        """Keep each stream within max_output_bytes; write the new dropped marks, if any."""
-        cap = self._config.max_output_bytes
-        stdout = self._outputs.enforce_cap(proc.id, "stdout", cap, proc.stdout_dropped)
-        stderr = self._outputs.enforce_cap(proc.id, "stderr", cap, proc.stderr_dropped)
-        if (stdout, stderr) == (proc.stdout_dropped, proc.stderr_dropped):
-            return None
-        self._log.info("process.output_truncated", process_id=proc.id, stdout_dropped=stdout,
-                       stderr_dropped=stderr)
-        proc.stdout_dropped, proc.stderr_dropped = stdout, stderr
-        return self._unsaved.write(proc, stdout_dropped=stdout, stderr_dropped=stderr)
-
     def reader(self, record: Process, stream: str) -> OutputReader:
         """A stream to read in bounded chunks off the loop."""
-        process_id, live = record.id, self._table
-        field = "stdout_dropped" if stream == "stdout" else "stderr_dropped"
-        return self._outputs.reader(process_id, stream,
-                                    lambda: int(getattr(live.get(process_id) or record, field)))
+        return self._outputs.reader(record.id, stream)
 
     # --- stdin -----------------------------------------------------------------------
 
@@ -66,27 +46,29 @@ class Stdio:
         """Write all of ``data`` to a live record's stdin pipe; returns how many bytes."""
         child = self._stdin_child(process_id)
         async with child.stdin_lock:
-            view, written = memoryview(data), 0
-            while written < len(view):
-                if child.stdin_fd is None:
-                    raise Conflict(f"process {process_id} stdin is closed")
-                try:
-                    written += oskit.write_nonblocking(child.stdin_fd, view[written:])
-                except BlockingIOError:
-                    if not await self._writable(child, timeout):
-                        raise Unavailable(f"process {process_id} is not reading its stdin "
-                                          f"({written} of {len(view)} bytes written)") from None
-                except BrokenPipeError:
-                    raise Conflict(f"process {process_id} closed its stdin") from None
-            return written
+            self._stdin_child(process_id)   # still open once the writes before it are done
+            try:
+                return await self._keeper.write_stdin(process_id, data, timeout)
+            except StdinFull as exc:
+                raise Unavailable(str(exc).replace("the process", f"process {process_id}", 1)) from None
+            except StdinClosed:
+                child.stdin_open = False
+                raise Conflict(f"process {process_id} closed its stdin") from None
+            except (NoSuchChild, KeeperGone):
+                raise Conflict(f"process {process_id} is not running") from None
 
     def is_open(self, process_id: int) -> bool:
         """Whether the process has a stdin pipe that can still be written."""
         child = self._children.get(process_id)
-        return child is not None and child.stdin_fd is not None
+        return child is not None and child.stdin_open
 
-    def close(self, process_id: int) -> None:
-        self._children.close_stdin(self._stdin_child(process_id))
+    async def close(self, process_id: int) -> None:
+        child = self._stdin_child(process_id)
+        child.stdin_open = False
+        try:
+            await self._keeper.close_stdin(process_id)
+        except (NoSuchChild, StdinClosed, KeeperGone):
+            pass   # it ended, or its end was closed already: closed either way
 
     def _stdin_child(self, process_id: int) -> Child:
         proc = self._table.get(process_id)
@@ -95,24 +77,7 @@ class Stdio:
             raise Conflict(f"process {process_id} is not running")
         if proc.stdin != "pipe":
             raise Conflict(f"process {process_id} was not started with stdin: \"pipe\"")
-        if child.stdin_fd is None:
-            raise Conflict(f"process {process_id} stdin is closed")
+        if not child.stdin_open:
+            reason = "was lost with its keeper" if child.keeper_lost else "is closed"
+            raise Conflict(f"process {process_id} stdin {reason}")
         return child
-
-    async def _writable(self, child: Child, timeout: float) -> bool:
-        """Wait until the stdin pipe drains (True) or ``timeout`` passes (False). A close
-        meanwhile wakes this early (:meth:`Children.close_stdin`): the caller sees it closed."""
-        fd = child.stdin_fd
-        assert fd is not None
-        future: asyncio.Future[None] = self._loop.create_future()
-        self._loop.add_writer(fd, resolve, future)
-        child.stdin_waiter = future
-        try:
-            await asyncio.wait_for(future, timeout)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            if child.stdin_waiter is future:  # not closed meanwhile: still registered
-                child.stdin_waiter = None
-                self._loop.remove_writer(fd)

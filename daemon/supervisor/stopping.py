@@ -1,11 +1,12 @@
 """Stopping a child's whole tree, and nothing but its tree.
 
-* **Never signal a stranger.** Our own unreaped children are signalled through
-  the pidfd taken at spawn (and their process group, safe while the leader is
-  unreaped); every other process of the tree is signalled through a pidfd
-  opened first and then checked against its start ticks.
+* **Never signal a stranger.** A kept child (the keeper's) is signalled by the
+  keeper through the pidfd it took at spawn, with its process group (safe while
+  the leader is unreaped, and only the keeper reaps it); every other process of
+  the tree, and an adopted leader, through a pidfd opened first and then checked
+  against its start ticks.
 * **No strays.** Stopping takes the whole tree: the group, the session,
-  descendants by parent links and orphans re-parented to us that carry the
+  descendants by parent links and orphans re-parented to the keeper that carry the
   process's ``STABLEHAND_ID``. When a leader exits on its own, whatever it left
   in its process group is stopped too (:meth:`Trees.sweep`, as systemd does for
   a service's cgroup); a marked process the registry says should not exist is
@@ -24,7 +25,9 @@ from typing import Any
 
 from .. import oskit
 from ..config import Config
+from ..keeper.client import KeeperError
 from .children import ID_VAR, INSTANCE_VAR, Child, Children, Markers, resolve_once
+from .kept import KeeperLink
 
 KILL_WAIT = 5.0          # after SIGKILL, how long to wait for the tree to vanish
 ORPHAN_SETTLE = 0.25     # how long an orphan whose marker cannot be read may hold up a stop
@@ -33,7 +36,7 @@ ORPHAN_RECHECK = 0.002   # how often a stop looks again at such an orphan
 
 @dataclasses.dataclass(slots=True)
 class _Adopted:
-    """The orphans re-parented to the daemon, as read in one turn of the loop."""
+    """The orphans re-parented to the keeper, as read in one turn of the loop."""
 
     by_id: dict[str, list[oskit.ProcInfo]] = dataclasses.field(default_factory=dict)
     unsettled: bool = False   # an orphan first seen < ORPHAN_SETTLE ago could not be told
@@ -41,8 +44,9 @@ class _Adopted:
 
 class Trees:
     def __init__(self, loop: asyncio.AbstractEventLoop, log: Any, config: Config,
-                 children: Children, markers: Markers) -> None:
+                 children: Children, markers: Markers, keeper: KeeperLink) -> None:
         self._loop = loop
+        self._keeper = keeper
         self._log = log
         self._config = config
         self._children = children
@@ -51,12 +55,23 @@ class Trees:
         self._adopted_now: _Adopted | None = None
         self._unsure_since: dict[tuple[int, int], float] = {}  # (pid, ticks) → first seen
 
-    def signal_tree(self, child: Child, sig: int, known: dict[int, int]) -> dict[int, int]:
+    async def signal_tree(self, child: Child, sig: int, known: dict[int, int]) -> dict[int, int]:
         """Signal the leader (if unreaped), its group and every member of its tree.
 
+        The leader first: a shell that waits for its children would otherwise see
+        them die and exit 0 before its own signal arrives. A kept leader (and its
+        group) is signalled by the keeper, and the keeper's reply awaited.
         ``known`` maps member pids to verified pidfds already held; new members
         are added to it. Returns it.
         """
+        if not child.exited.done():
+            if child.kept:
+                try:
+                    await self._keeper.signal(child.id, sig, group=True)
+                except KeeperError:
+                    pass   # it exited (its exit is on the way), or the keeper is gone
+            else:  # adopted: reaped by someone else, so no killpg by pid
+                oskit.pidfd_signal(child.pidfd, sig)
         leader_reaped = child.exited.done()
         ours = self._children.by_pid
         for info in self._tree(child, leader_reaped):
@@ -64,10 +79,6 @@ class Trees:
                 fd = oskit.open_verified_pidfd(info.pid, info.start_ticks)
                 if fd is not None:
                     known[info.pid] = fd
-        if not leader_reaped:
-            oskit.pidfd_signal(child.pidfd, sig)
-            if child.own:  # a re-adopted leader is reaped by someone else: no killpg by pid
-                oskit.signal_group(child.pid, sig)
         for fd in known.values():
             oskit.pidfd_signal(fd, sig)
         return known
@@ -75,14 +86,14 @@ class Trees:
     def _tree(self, child: Child, leader_reaped: bool) -> list[oskit.ProcInfo]:
         """The members of a child's tree, the leader excluded.
 
-        For our own children this walks parent links only: the daemon is a
+        For a kept child this walks parent links only: the keeper is a
         subreaper, so every process the leader started is still its descendant
-        or has been re-parented to the daemon (an orphan that carries the
+        or has been re-parented to the keeper (an orphan that carries the
         record's STABLEHAND_ID). Group and session members are among those.
-        A re-adopted leader is not under us, so its tree is read from a full
-        scan of /proc (group, session and descendants).
+        An adopted leader is under nobody we know, so its tree is read from a
+        full scan of /proc (group, session and descendants).
         """
-        if not child.own:
+        if not child.kept:
             table = oskit.proc_table()
             return oskit.tree_of(child.pid, child.ticks, leader_reaped, table)
         members = [] if leader_reaped else oskit.descendants(child.pid, child.ticks)
@@ -92,7 +103,7 @@ class Trees:
         return members
 
     def _orphans_of(self, process_id: int) -> list[oskit.ProcInfo]:
-        """Our direct children that are not leaders but carry this record's STABLEHAND_ID."""
+        """The keeper's children that are not leaders but carry this record's STABLEHAND_ID."""
         return self._adopted().by_id.get(str(process_id), [])
 
     async def has_late_orphans(self, process_id: int) -> bool:
@@ -114,9 +125,9 @@ class Trees:
             await asyncio.sleep(ORPHAN_RECHECK)
 
     def _adopted(self) -> _Adopted:
-        """Orphans re-parented to the daemon, by the STABLEHAND_ID they carry.
+        """Orphans re-parented to the keeper, by the STABLEHAND_ID they carry.
 
-        The daemon's children list holds every child it runs, so reading it per
+        The keeper's children list holds every child it runs, so reading it per
         stop made a mass stop quadratic. It is read at most once per turn of the
         event loop and shared by every stop begun in that turn. A process
         orphaned after the read is caught by the pass that a stop makes once
@@ -126,7 +137,8 @@ class Trees:
             now = self._loop.time()
             adopted = _Adopted()
             unsure: dict[tuple[int, int], float] = {}
-            for pid in oskit.adopted_children():
+            keeper = self._keeper.pid
+            for pid in oskit.adopted_children(keeper) if keeper else ():
                 if pid in self._children.by_pid:
                     continue
                 info = oskit.proc_info(pid)
@@ -156,7 +168,7 @@ class Trees:
         try:
             if not await self._wait_gone(child, members, grace):
                 self._log.info("process.escalating", process_id=child.id, signal="SIGKILL")
-                self.signal_tree(child, signal.SIGKILL, members)
+                await self.signal_tree(child, signal.SIGKILL, members)
                 if not await self._wait_gone(child, members, KILL_WAIT):
                     self._log.warning("process.unkillable", process_id=child.id)
         finally:
@@ -182,16 +194,16 @@ class Trees:
             for fd in readers:
                 self._loop.remove_reader(fd)
 
-    def kill_stopping(self, process_id: int) -> None:
+    async def kill_stopping(self, process_id: int) -> None:
         """SIGKILL the tree of a stop under way now, without waiting for its grace."""
         child = self._children.get(process_id)
         members = self.stop_sets.get(process_id)
         if child is not None and members is not None:
-            self.signal_tree(child, signal.SIGKILL, members)
+            await self.signal_tree(child, signal.SIGKILL, members)
 
     async def sweep(self, child: Child) -> None:
         """Stop what an exited leader left behind in its group."""
-        members = self.signal_tree(child, signal.SIGTERM, {})
+        members = await self.signal_tree(child, signal.SIGTERM, {})
         if members:
             self._log.info("process.stragglers", process_id=child.id, count=len(members))
         await self.stop_members(child, members, self._config.grace)
@@ -202,10 +214,10 @@ class Trees:
         if pidfd is None:
             return
         self._log.warning("process.stray", process_id=process_id, pid=info.pid)
-        child = self._children.new(process_id, info.pid, info.start_ticks, pidfd, own=False)
+        child = self._children.new(process_id, info.pid, info.start_ticks, pidfd, kept=False)
         self._loop.add_reader(pidfd, resolve_once, self._loop, pidfd, child.exited)
         try:
-            members = self.signal_tree(child, signal.SIGTERM, {})
+            members = await self.signal_tree(child, signal.SIGTERM, {})
             await self.stop_members(child, members, self._config.grace)
         finally:
             self._loop.remove_reader(pidfd)

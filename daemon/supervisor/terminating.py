@@ -128,7 +128,6 @@ class Terminating:
         runner = self._runner
         if grace == 0:
             sig = signal.SIGKILL
-        runner.note_busy()
         before = _StopFields.of(proc)
         child = self._children.get(proc.id)
         self._table.apply(proc, Event.KILL if reason is StopReason.KILL else Event.EXPIRE)
@@ -155,6 +154,8 @@ class Terminating:
                 return
             # shutting down: stop it anyway; its end is saved when storage allows
         child = self._children.get(proc.id)
+        if child is None and proc.id in runner.spawning:   # the keeper is starting it: stop that
+            child = await runner.spawning[proc.id]
         status = None
         if child is None:  # killed before it was spawned, or it exited meanwhile
             runner.admission.pop(proc.id, None)
@@ -165,7 +166,8 @@ class Terminating:
                 for attempt in range(LATE_ORPHAN_PASSES):
                     # The first pass takes the leader and its tree; later passes take
                     # orphans re-parented to us while it was being stopped.
-                    members = trees.stop_sets[proc.id] = trees.signal_tree(child, sig, {})
+                    members = trees.stop_sets[proc.id] = {}
+                    await trees.signal_tree(child, sig, members)
                     if attempt == 0:  # signals first: the event and the log can wait
                         runner.emit(proc)
                         self._log.info("process.stopping", process_id=proc.id,
@@ -189,6 +191,8 @@ class Terminating:
         self._log.warning("process.stop_unsaved", process_id=proc.id, error=message_of(error))
         if proc.id in runner.abandoned:
             return  # its pid could not be saved either: the abandon kills it and ends the record
+        if child is None and proc.id in runner.spawning:
+            return  # being spawned: the spawn goes on, and the record is running again
         if child is None:  # admitted, not spawned yet: the admission decides again
             admission = runner.admission.get(proc.id)
             if admission is None:

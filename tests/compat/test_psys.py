@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.compat.conftest import NO_SUCH_PID, record_of, start, wait_idle
-from tests.helpers import alive, start_ignoring_term
+from tests.helpers import alive, async_wait_for, start_ignoring_term
 
 
 async def test_200_ok_and_the_record_is_canceled(client: Any) -> None:
@@ -29,10 +29,20 @@ async def test_pid_as_a_string_is_accepted(client: Any) -> None:
 
 async def test_sigterm_only_a_process_that_ignores_it_lives_on(client: Any) -> None:
     record = await start_ignoring_term(client, grace=0.1)
+    control = await start_ignoring_term(client, grace=0.1)
     response = await client.post("/api/connections/kill", json={"pid": record["pid"]})
     assert response.status == 200 and await response.json() == {"ok": True}
-    import asyncio
-    await asyncio.sleep(0.5)  # longer than its grace: psys never escalates
+    # The control, stopped after it with the same grace by a route that does escalate, is
+    # SIGKILLed once its grace is over: by then psys would have escalated too, had it meant to.
+    assert (await client.post(f"/processes/{control['id']}/signals/kill")).status == 200
+
+    async def control_killed() -> bool:
+        assert alive(record["pid"]), "psys escalated past SIGTERM"
+        assert (await record_of(client, record["id"]))["state"] == "terminating"
+        return bool((await record_of(client, control["id"]))["state"] == "idle")
+
+    await async_wait_for(control_killed, what="the control to be killed after its grace")
+    assert (await record_of(client, control["id"]))["exitSignal"] == "SIGKILL"
     assert alive(record["pid"])
     assert (await record_of(client, record["id"]))["state"] == "terminating"
     again = await client.post("/api/connections/kill", json={"pid": record["pid"]})

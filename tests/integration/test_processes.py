@@ -161,7 +161,7 @@ async def test_orphan_unreadable_for_a_moment_is_waited_for_and_stopped(client: 
 
 
 async def test_orphan_with_an_empty_environment_is_left_alone(client: Any) -> None:
-    # Re-parented to the daemon but carrying no marker: it cannot be told to be the
+    # Re-parented to the keeper but carrying no marker: it cannot be told to be the
     # record's, so no stop signals it, and stops still finish.
     record = await start(client, command="(setsid env -i sleep 304 &); sleep 300")
     stranger = await async_wait_for(lambda: _process_running("sleep 304"), what="orphan running")
@@ -171,7 +171,7 @@ async def test_orphan_with_an_empty_environment_is_left_alone(client: Any) -> No
     await client.post(f"/processes/{other['id']}/signals/kill")
     assert (await wait_idle(client, other["id"]))["exitState"] == "canceled"
     try:
-        assert alive(stranger.pid) and stranger.ppid() == os.getpid()
+        assert alive(stranger.pid) and stranger.ppid() == client.supervisor.keeper_pid
     finally:
         stranger.kill()
         stranger.wait(5)

@@ -10,6 +10,7 @@ import pytest
 
 from daemon.http.ratelimit import RateLimiter
 from daemon.http.routes import openapi_document
+from tests.helpers import async_wait_for
 
 TOKEN = "s3cret-token"
 
@@ -89,15 +90,14 @@ async def test_rate_limit_429_with_headers_and_refill(make_daemon: Any) -> None:
 
 
 async def _wait_until_allowed(client: Any) -> None:
-    import asyncio
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    async def allowed() -> bool:
         response = await client.post("/api/connections/kill", json={"pid": 999_999})
-        if response.status != 429:
-            assert response.status == 404
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the bucket never refilled")
+        if response.status == 429:
+            return False
+        assert response.status == 404
+        return True
+
+    await async_wait_for(allowed, timeout=5, what="the bucket to refill")
 
 
 def test_token_bucket_refills_at_its_rate() -> None:

@@ -22,5 +22,4 @@ def daemon(tmp_path: Path) -> Iterator[Any]:
 
     yield factory
     for instance in started:
-        if instance.proc is not None and instance.proc.poll() is None:
-            instance.stop()
+        instance.cleanup()

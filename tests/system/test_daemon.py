@@ -64,25 +64,30 @@ def test_same_api_on_tcp_and_unix_socket(daemon: Any, loop: str) -> None:
     assert d.stop() == 0
 
 
-def test_exited_orphans_are_reaped_without_a_sigchld_handler(daemon: Any) -> None:
-    # The subshell exits at once: its sleep is re-parented to the daemon (a subreaper)
-    # and exits 0.2 s later. The daemon's once-a-second reap must collect its zombie.
+def test_exited_orphans_are_reaped_by_the_keeper(daemon: Any) -> None:
+    # The subshell exits at once: its sleep is re-parented to the keeper (a subreaper),
+    # and exits 0.2 s later. The keeper reaps its zombie; the daemon has no children
+    # but its keeper.
     d = daemon().start()
     status, created = call(d, "POST", "/processes", {"command": "(sleep 0.2 &) ; sleep 30"})
     assert status == 201
     assert d.proc is not None
-    daemon_process = psutil.Process(d.proc.pid)
+    keeper_pid = d.keeper_pid()
+    assert keeper_pid is not None
+    keeper = psutil.Process(keeper_pid)
+    assert [child.pid for child in psutil.Process(d.proc.pid).children()] == [keeper_pid]
 
     def orphan_seen() -> bool:
-        return any(child.pid != created["pid"] for child in daemon_process.children())
-    wait_for(orphan_seen, 5, "the orphan to be re-parented to the daemon")
+        return any(child.pid != created["pid"] for child in keeper.children())
+    wait_for(orphan_seen, 5, "the orphan to be re-parented to the keeper")
 
     def only_the_leader_left() -> bool:
-        return [child.pid for child in daemon_process.children()] == [created["pid"]]
+        return [child.pid for child in keeper.children()] == [created["pid"]]
     wait_for(only_the_leader_left, 5, "the orphan's zombie to be reaped")
     assert call(d, "POST", f"/processes/{created['id']}/signals/kill", {})[0] == 200
     assert call(d, "GET", f"/processes/{created['id']}/wait?timeout=10")[0] == 200
     assert d.stop() == 0
+    assert not psutil.pid_exists(keeper_pid), "shutdown = stop ends the keeper too"
 
 
 # What ``nohup`` and a script's ``&`` do to what they start, then the daemon itself.

@@ -7,17 +7,13 @@ Reproduced as reported, against the real daemon on uvloop.
 
 from __future__ import annotations
 
-import fcntl
-import os
-import struct
-import termios
 import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import DaemonProcess, wait_for
+from tests.helpers import DaemonProcess, queued_on_stdin, wait_for
 from tests.system.test_daemon import call
 
 
@@ -32,15 +28,6 @@ def _post_stdin(daemon: DaemonProcess, process_id: int, data: bytes, result: dic
         result["status"] = exc.code
 
 
-def _queued_on_stdin(pid: int) -> int:
-    """Bytes waiting in a process's stdin pipe (FIONREAD on a second reader; reads nothing)."""
-    fd = os.open(f"/proc/{pid}/fd/0", os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-    finally:
-        os.close(fd)
-
-
 def test_closing_stdin_under_a_waiting_write_keeps_the_daemon_up(tmp_path: Path) -> None:
     daemon = DaemonProcess(tmp_path / "state").start()
     try:
@@ -50,7 +37,7 @@ def test_closing_stdin_under_a_waiting_write_keeps_the_daemon_up(tmp_path: Path)
         writer = threading.Thread(target=_post_stdin, args=(daemon, sleeper["id"], b"A" * (1 << 20), result))
         writer.start()
         # sleep never reads: the write waits once the pipe is full.
-        wait_for(lambda: _queued_on_stdin(sleeper["pid"]) >= 65536, 10, "the pipe to fill")
+        wait_for(lambda: queued_on_stdin(sleeper["pid"]) >= 65536, 10, "the pipe to fill")
         assert writer.is_alive()
         status, _ = call(daemon, "POST", f"/processes/{sleeper['id']}/stdin/close")
         assert status == 204

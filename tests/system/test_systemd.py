@@ -117,9 +117,10 @@ def test_socket_activation_serves_the_inherited_socket(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     script = shutil.which("stablehand") or str(Path(sys.executable).with_name("stablehand"))
-    for unit in ("stablehand.service", "stablehand.socket"):
+    units = ("stablehand.service", "stablehand.socket", "stablehand-keeper.service")
+    for unit in units:
         text = (ROOT / "systemd" / unit).read_text().replace("/usr/local/bin/stablehand", script)
         (tmp_path / unit).write_text(text)
-    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "stablehand.service"),
-                             str(tmp_path / "stablehand.socket")], capture_output=True, text=True)
+    result = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / unit) for unit in units)],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

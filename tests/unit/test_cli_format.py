@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from daemon.cli_client import UsageError, child_env
+from daemon.cli_caller import UsageError, child_env
 from daemon.cli_format import age_or_duration, cut, error_head, exit_text, human_duration, ps_table
 from daemon.cli_stream import exit_code_of, not_started_error
 

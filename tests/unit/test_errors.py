@@ -8,7 +8,6 @@ import pytest
 from daemon import errors
 from daemon.config import ConfigError
 from daemon.lifecycle import StartupError
-from daemon.oskit import SpawnError
 from daemon.output import OutputOverrun
 from daemon.registry import DuplicateKey, RegistryError, StorageError, UnknownColumn, WriteRejected
 from daemon.service import StartupError as ServiceStartupError
@@ -17,7 +16,7 @@ from daemon.tokens import TokenFileError
 
 
 @pytest.mark.parametrize("error", [
-    RegistryError, StorageError, WriteRejected, DuplicateKey, UnknownColumn, ConfigError, SpawnError,
+    RegistryError, StorageError, WriteRejected, DuplicateKey, UnknownColumn, ConfigError,
     StartupError, TokenFileError, StateDirError, LockHeld, OutputOverrun, errors.ApiError,
 ])
 def test_the_daemons_own_errors_share_one_root(error: type[Exception]) -> None:

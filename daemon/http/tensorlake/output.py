@@ -1,8 +1,16 @@
 """Tensorlake's output routes: ``GET .../{stdout,stderr,output}`` and their ``/follow``.
 
 ``.../output`` is the stdout lines followed by the stderr lines: the two streams
-are captured in separate files, so their interleaving is not known. A line's
-``timestamp`` is when Stablehand read it (within ~POLL of the write).
+are captured in separate files. A followed line's ``timestamp`` is when it
+arrived, from the keeper's arrival index (:mod:`daemon.output_times`: the time
+of the first index record at or past the line's end, 10 ms resolution); a line
+the index does not cover yet, or one of a stream without an index, gets the
+time it is sent, as before the index existed. Within a follow of both streams
+each stream's lines are in order; the two are sent as they are read.
+
+When the daemon's shutdown ends a follow (the process goes on: see
+:mod:`..streaming`), the stream ends with ``event: shutdown`` instead of
+``eof``: its output is not complete.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ...output import READ_CHUNK, OutputReader
+from ...output_times import ArrivalTimes
 from .. import streaming
 from ..jsonio import dumps_bytes
 from ..keys import supervisor_of
@@ -23,21 +32,25 @@ MAX_LINE = 1024 * 1024      # bytes; a longer line is delivered as several lines
 STREAM_NAMES = ("stdout", "stderr", "output")
 
 
+Line = tuple[str, int]     # a line's text and the offset just past its end (its newline)
+
+
 class LineReader:
     """Lines of one captured stream, read incrementally from its file in bounded chunks.
 
     A line longer than MAX_LINE bytes is delivered as several lines of at most
     MAX_LINE bytes each (cut at a UTF-8 character boundary), so one giant line
     never makes a reader hold more than MAX_LINE + READ_CHUNK bytes. Lines are
-    decoded as UTF-8 with U+FFFD for bytes that are not.
+    decoded as UTF-8 with U+FFFD for bytes that are not. Each line comes with the
+    offset where it ends, for its arrival time (``times``).
     """
 
-    def __init__(self, reader: OutputReader, stream: str) -> None:
-        self.reader, self.stream = reader, stream
+    def __init__(self, reader: OutputReader, stream: str, times: ArrivalTimes | None = None) -> None:
+        self.reader, self.stream, self.times = reader, stream, times
         self.offset = 0
         self.partial = b""
 
-    async def batches(self, final: bool = False, end: int | None = None) -> AsyncIterator[list[str]]:
+    async def batches(self, final: bool = False, end: int | None = None) -> AsyncIterator[list[Line]]:
         """The lines available now (up to byte ``end`` if given), one chunk's worth at a time;
         with ``final``, the last unterminated line too."""
         while end is None or self.offset < end:
@@ -45,22 +58,41 @@ class LineReader:
                                                  else end - self.offset)
             if not data:
                 break
-            lines = []
+            lines: list[tuple[bytes, int]] = []
             if start != self.offset and self.partial:  # the rest of that line was dropped (cap)
-                lines.append(self.partial)
+                lines.append((self.partial, self.offset))
                 self.partial = b""
+            position = start - len(self.partial)
             self.offset = start + len(data)
             *complete, self.partial = (self.partial + data).split(b"\n")
-            lines += complete
+            for line in complete:
+                position += len(line) + 1
+                lines.append((line, position))
             while len(self.partial) > MAX_LINE:
                 cut = _char_boundary(self.partial, MAX_LINE)
-                lines.append(self.partial[:cut])
+                position += cut
+                lines.append((self.partial[:cut], position))
                 self.partial = self.partial[cut:]
             if lines:
-                yield [text for line in lines for text in _pieces(line)]
+                yield [(text, line_end) for line, line_end in lines for text in _pieces(line)]
         if final and self.partial:
-            yield _pieces(self.partial)
+            yield [(text, self.offset) for text in _pieces(self.partial)]
             self.partial = b""
+
+    async def stamped(self, batch: list[Line]) -> list[tuple[str, int]]:
+        """The batch's lines with their arrival times (unix ms; see the module doc)."""
+        times = self.times
+        if times is None:
+            now = wire.now_ms()
+            return [(text, now) for text, _ in batch]
+        if batch and batch[-1][1] > times.last_end:
+            await times.refresh()          # only the records appended since the last look
+        now = wire.now_ms()
+        stamped = []
+        for text, line_end in batch:
+            ms = times.time_of_end(line_end)
+            stamped.append((text, now if ms is None else ms))
+        return stamped
 
 
 def _char_boundary(data: bytes, at: int) -> int:
@@ -114,7 +146,7 @@ async def output(request: web.Request) -> web.StreamResponse:
         await response.write(b'{"pid":' + dumps_bytes(record.pid) + b',"lines":[')
         for reader, end in zip(readers, ends, strict=True):
             async for batch in reader.batches(final=True, end=end):
-                encoded = dumps_bytes(batch)[1:-1]  # the strings, comma separated
+                encoded = dumps_bytes([text for text, _ in batch])[1:-1]  # comma separated
                 await response.write(encoded if count == 0 else b"," + encoded)
                 count += len(batch)
         await response.write(b'],"line_count":' + str(count).encode() + b"}")
@@ -125,40 +157,47 @@ async def output(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def follow_lines(request: web.Request, process_id: int,
-                       streams: tuple[str, ...]) -> AsyncIterator[tuple[str, list[str]]]:
-    """(stream, lines) as lines are written, a chunk's worth at a time, until the process
-    is idle and all is read (the rounds of :func:`streaming.follow`).
+async def follow_lines(follow: streaming.Follow,
+                       streams: tuple[str, ...]) -> AsyncIterator[tuple[str, list[tuple[str, int]]]]:
+    """(stream, [(line, arrival ms)]) as lines are written, a chunk's worth at a time, until
+    the process is idle and all is read, or the daemon's shutdown ends the follow (the
+    rounds of :class:`streaming.Follow`; ``follow.shutdown`` then says so).
 
     Raises ConnectionResetError once the client has gone away, even while the
     process prints nothing.
     """
-    supervisor = supervisor_of(request)
-    readers = [LineReader(await supervisor.output_reader(process_id, s), s) for s in streams]
-    async for active in streaming.follow(request, lambda: supervisor.is_active(process_id), POLL):
+    supervisor, process_id = follow.supervisor, follow.process_id
+    readers = []
+    for stream in streams:
+        times = ArrivalTimes(supervisor.outputs.path(process_id, stream))
+        await times.refresh()
+        readers.append(LineReader(await supervisor.output_reader(process_id, stream), stream, times))
+    async for active in follow.rounds():
         for reader in readers:
             async for batch in reader.batches(final=not active):
-                yield reader.stream, batch
+                yield reader.stream, await reader.stamped(batch)
 
 
-def output_events(stream: str | None, batch: list[str]) -> bytes:
-    """``output`` events for a batch of lines; ``stream`` is named when the client follows both."""
-    now = wire.now_ms()
-    return b"".join(streaming.event("output", {"line": line, "timestamp": now} if stream is None
-                                    else {"line": line, "timestamp": now, "stream": stream})
-                    for line in batch)
+def output_events(stream: str | None, batch: list[tuple[str, int]]) -> bytes:
+    """``output`` events for a batch of (line, arrival ms); ``stream`` is named when the client
+    follows both."""
+    return b"".join(streaming.event("output", {"line": line, "timestamp": ms} if stream is None
+                                    else {"line": line, "timestamp": ms, "stream": stream})
+                    for line, ms in batch)
 
 
 async def follow(request: web.Request) -> web.StreamResponse:
     record = await wire.record_for(request)
     name = _stream_name(request)
     response = streaming.event_stream()
+    rounds = streaming.Follow(request, supervisor_of(request), record.id, POLL)
     try:
         if not await streaming.begin(request, response):
             return response
-        async for stream, batch in follow_lines(request, record.id, _streams(name)):
+        async for stream, batch in follow_lines(rounds, _streams(name)):
             await response.write(output_events(stream if name == "output" else None, batch))
-        await response.write(streaming.event("eof", {}))
+        await response.write(streaming.shutdown_event() if rounds.shutdown
+                             else streaming.event("eof", {}))
         await response.write_eof()
     except ConnectionError:
         if not streaming.client_gone(request):

@@ -117,7 +117,7 @@ async def send_signal(request: web.Request) -> web.Response:
     record, running = await pids.running_record(supervisor, pid)
     try:
         if running is not None:
-            supervisor.send_signal(running.id, number)
+            await supervisor.send_signal(running.id, number)
         elif record is None and pids.allow_unmanaged(request):
             await supervisor.signal_unmanaged(pid, number)
         elif record is None:

@@ -5,7 +5,10 @@ still gets a stream: ``started`` (pid null), then ``exit`` with ``reason:
 "failed"`` and the error. A run with a ``timeout`` keeps it if its client goes
 away; a run without one is stopped (SIGTERM, grace, SIGKILL) when its client
 goes away, so nothing runs unattended (the supervisor's ``abandon``). On timeout
-the whole tree gets SIGKILL at once.
+the whole tree gets SIGKILL at once. When the daemon shuts down, a run ends with
+its process under ``shutdown = "stop"`` (``exit`` as usual); under ``"detach"``
+the stream ends at once with ``event: shutdown`` and the process goes on, like
+every other child (see :mod:`..streaming`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ...model import ExitState, Process
 from .. import parse, streaming
 from ..keys import supervisor_of
 from . import wire
-from .output import follow_lines, output_events
+from .output import POLL, follow_lines, output_events
 
 routes = web.RouteTableDef()
 MAX_RUN_TIMEOUT = 366 * 86400.0
@@ -49,10 +52,14 @@ async def run(request: web.Request) -> web.StreamResponse:
         started = wire.ms(record.started_at) or wire.now_ms()
         await response.write(streaming.event("started", {"handle": record.id, "pid": record.pid,
                                                          "started_at": started}))
-        async for stream, batch in follow_lines(request, record.id, ("stdout", "stderr")):
+        rounds = streaming.Follow(request, supervisor, record.id, POLL)
+        async for stream, batch in follow_lines(rounds, ("stdout", "stderr")):
             await response.write(output_events(stream, batch))
-        final = await supervisor.get(record.id)
-        await response.write(streaming.event("exit", _exit_event(final)))
+        if rounds.shutdown:   # the daemon stops and leaves the run running (shutdown = detach)
+            await response.write(streaming.shutdown_event())
+        else:
+            final = await supervisor.get(record.id)
+            await response.write(streaming.event("exit", _exit_event(final)))
         await response.write_eof()
     except asyncio.CancelledError:
         await supervisor.abandon(record.id)
