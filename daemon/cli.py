@@ -44,6 +44,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("--log-format", metavar="FORMAT", help="auto, json or console")
     serve.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
     serve.add_argument("--event-loop", metavar="LOOP", help="uvloop (default) or asyncio")
+    serve.add_argument("--services", metavar="FILE",
+                       help="a services file to apply once the daemon is ready (see `apply`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return run_serve(args)
+    if args.command == "mcp":
+        from .cli_mcp import run_mcp
+        return run_mcp(args)
     from .cli_client import run_client
     return run_client(args)
 

@@ -1,4 +1,5 @@
-"""The CLI's client commands: run, ps, show, kill, stop, signal, logs, wait, events, rm, token.
+"""The CLI's client commands: run, ps, show, kill, stop, signal, logs, wait, events, rm, token
+(and, from :mod:`daemon.cli_managed`, apply, restart, runs).
 
 Over TCP the commands find the daemon's token by themselves (``--token-file``,
 $STABLEHAND_TOKEN_FILE, $STABLEHAND_TOKEN, else the daemon's ``<state dir>/token``
@@ -32,6 +33,9 @@ from typing import Any
 from . import tokens
 from .cli_caller import UsageError, child_env, resolve_cwd
 from .cli_format import ps_table, show_view
+from .cli_managed import COMMANDS as MANAGED_COMMANDS
+from .cli_managed import add_managed_commands, add_run_options, id_or_name, run_managed, run_options
+from .cli_mcp import add_mcp_command
 from .cli_stream import (
     EX_UNAVAILABLE,
     attach,
@@ -50,7 +54,7 @@ STATES = ("queued", "running", "terminating", "idle")
 EXIT_STATES = ("success", "failed", "timeout", "canceled")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000                 # the API's largest page
-ID_HELP = "the process id (run and ps print it)"
+ID_HELP = "the process id (run and ps print it), or a managed process's name"
 
 
 def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,32 +72,34 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
     _run_parser(sub, common)
     _ps_parser(sub, common)
+    add_managed_commands(sub, common, as_json)
 
     sub.add_parser("show", parents=[common, as_json], help="one process record, readable"
-                   ).add_argument("id", type=int, metavar="ID", help=ID_HELP)
+                   ).add_argument("id", type=id_or_name, metavar="ID", help=ID_HELP)
     sub.add_parser("kill", parents=[common, as_json],
                    help="stop a process: SIGTERM to its tree, SIGKILL after its grace"
-                   ).add_argument("id", type=int, metavar="ID", help=ID_HELP)
+                   ).add_argument("id", type=id_or_name, metavar="ID", help=ID_HELP)
     sub.add_parser("rm", parents=[common], help="forget an idle process and its output"
-                   ).add_argument("id", type=int, metavar="ID", help=ID_HELP)
+                   ).add_argument("id", type=id_or_name, metavar="ID", help=ID_HELP)
 
     stop = sub.add_parser("stop", parents=[common, as_json],
                           help="graceful stop with a chosen signal and grace, then SIGKILL")
-    stop.add_argument("id", type=int, metavar="ID", help=ID_HELP)
+    stop.add_argument("id", type=id_or_name, metavar="ID", help=ID_HELP)
     stop.add_argument("--grace", type=float, metavar="SECONDS",
                       help="seconds between the signal and SIGKILL (default: the process's own)")
     stop.add_argument("--signal", metavar="SIGNAL", help="the first signal, e.g. SIGINT (default SIGTERM)")
 
     sig = sub.add_parser("signal", parents=[common], help="deliver a signal (state unchanged)")
-    sig.add_argument("id", type=int, metavar="ID", help=ID_HELP)
+    sig.add_argument("id", type=id_or_name, metavar="ID", help=ID_HELP)
     sig.add_argument("signal", metavar="SIGNAL", help="a name like SIGUSR1 or HUP, or a number")
     sig.add_argument("--group", action="store_true", help="signal its whole process group")
 
     _logs_parser(sub, common)
+    add_mcp_command(sub, common)
 
     wait = sub.add_parser("wait", parents=[common, as_json],
                           help="wait until idle; exit with the child's code (128+N for signal N)")
-    wait.add_argument("id", type=int, metavar="ID", help=ID_HELP)
+    wait.add_argument("id", type=id_or_name, metavar="ID", help=ID_HELP)
     wait.add_argument("--timeout", type=float, metavar="SECONDS",
                       help="give up after this many seconds (exit 124; default: wait forever)")
 
@@ -134,6 +140,7 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                           "(the id goes to stderr)")
     run.add_argument("--json", action="store_true",
                      help="print the record as JSON (with --wait: the final record; no output streamed)")
+    add_run_options(run)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                      help="the program and its arguments")
 
@@ -167,7 +174,7 @@ def _logs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     which = logs.add_mutually_exclusive_group()
     which.add_argument("--stdout", action="store_true", help="only its stdout")
     which.add_argument("--stderr", action="store_true", help="only its stderr (printed to stdout)")
-    logs.add_argument("id", type=int, metavar="ID", help=ID_HELP)
+    logs.add_argument("id", type=id_or_name, metavar="ID", help=ID_HELP)
     logs.add_argument("-f", "--follow", action="store_true",
                       help="keep printing until it is idle; starts from the last 10 lines "
                            "(or at --since)")
@@ -254,6 +261,8 @@ def _dispatch(args: argparse.Namespace, client: Client) -> int:
         return _run(args, client)
     if command == "ps":
         return _ps(args, client)
+    if command in MANAGED_COMMANDS:
+        return run_managed(args, client)
     if command == "show":
         record = client.get(args.id)
         if args.json:
@@ -309,7 +318,7 @@ def _run(args: argparse.Namespace, client: Client) -> int:
     cwd = resolve_cwd(args.cwd, os.environ)
     env = child_env(args.env, args.clean_env, os.environ, cwd)
     record = client.start(argv, ref=args.ref, timeout=args.timeout, grace=args.grace, cwd=cwd,
-                          env=env or None)
+                          env=env or None, **run_options(args))
     process_id = record["id"]
     error = not_started_error(record)
     if not args.attach or error is not None:

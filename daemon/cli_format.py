@@ -18,6 +18,12 @@ they are tested without a daemon. Decisions:
 * ``COMMAND`` is the shell command a process was started with, else its argv
   shell-quoted; it is cut to the terminal's width with an ellipsis, and long
   refs are cut too, so one process is one line.
+* When any listed record is managed, ``ps`` adds NAME (after ID), RESTARTS and
+  HEALTH (after STATE; ``-`` for a record that is not managed or has no health
+  check), and STATE shows a managed record's status where it says more than
+  ``running`` (``running/backing_off``). A table of plain records is unchanged.
+* ``runs`` shows a managed process's runs: RUN PID STARTED ENDED EXIT REASON,
+  times local and to the second (``-`` while a run goes on).
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from typing import Any
 
 MAX_REF_WIDTH = 24
 PS_COLUMNS = ("ID", "REF", "STATE", "EXIT", "AGE/DURATION", "COMMAND")
+PS_MANAGED_COLUMNS = ("ID", "NAME", "REF", "STATE", "RESTARTS", "HEALTH", "EXIT", "AGE/DURATION",
+                      "COMMAND")
+RUNS_COLUMNS = ("RUN", "PID", "STARTED", "ENDED", "EXIT", "REASON")
 
 
 def ellipsis() -> str:
@@ -137,18 +146,58 @@ def age_or_duration(record: dict[str, Any], now: dt.datetime) -> str:
 
 def ps_table(records: Sequence[dict[str, Any]], now: dt.datetime, width: int | None) -> str:
     """The ``ps`` table; COMMAND is cut to ``width`` characters of line (None: never cut)."""
-    rows = [PS_COLUMNS]
+    managed = any(record.get("managed") for record in records)
+    columns = PS_MANAGED_COLUMNS if managed else PS_COLUMNS
+    rows: list[tuple[str, ...]] = [columns]
     for record in records:
-        rows.append((str(record["id"]), cut(record.get("ref") or "-", MAX_REF_WIDTH),
-                     str(record.get("state", "")), exit_text(record) or "-",
-                     age_or_duration(record, now), command_of(record)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(PS_COLUMNS) - 1)]
+        cells = [str(record["id"]), cut(record.get("ref") or "-", MAX_REF_WIDTH),
+               str(record.get("state", "")), exit_text(record) or "-",
+               age_or_duration(record, now), command_of(record)]
+        if managed:
+            cells[1:3] = [cut(record.get("name") or "-", MAX_REF_WIDTH), cells[1], _state(record),
+                          *_restarts_health(record)]
+        rows.append(tuple(cells))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns) - 1)]
     lines = []
     for row in rows:
         head = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  "
         command = row[-1] if width is None else cut(row[-1], max(8, width - len(head)))
         lines.append(head + command)
     return "\n".join(lines)
+
+
+def _state(record: dict[str, Any]) -> str:
+    state = str(record.get("state", ""))
+    status = (record.get("managed") or {}).get("status")
+    return f"{state}/{status}" if state == "running" and status not in (None, "running") else state
+
+
+def _restarts_health(record: dict[str, Any]) -> tuple[str, str]:
+    info = record.get("managed")
+    if not info:
+        return "-", "-"
+    health = info.get("healthStatus")
+    return str(info.get("restartCount", 0)), "-" if health in (None, "disabled") else str(health)
+
+
+def short_time(text: str | None) -> str:
+    """An API time in the local zone, to the second, without its age (a column of them)."""
+    when = parse_time(text)
+    return "-" if when is None else when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def runs_table(runs: Sequence[dict[str, Any]]) -> str:
+    """``runs``: one line per run of a managed process (see the module doc)."""
+    rows = [RUNS_COLUMNS]
+    for run in runs:
+        exit_ = str(run["exitCode"]) if run.get("exitCode") is not None else \
+            str(run.get("exitSignal") or "-")
+        rows.append((str(run.get("run", "")), str(run.get("pid") or "-"),
+                     short_time(run.get("startedAt")), short_time(run.get("endedAt")), exit_,
+                     str(run.get("reason") or "-")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(RUNS_COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
 
 
 _LABELS = {

@@ -95,6 +95,7 @@ class Config:
     socket_max_connections: int = 256   # concurrent Unix-socket connections
     header_timeout: float = 10.0        # seconds to send a request line and headers
     keepalive_timeout: float = 75.0     # seconds an idle keep-alive connection is kept
+    services: Path | None = None        # a services file applied at start-up (daemon/services.py)
 
     @property
     def burst(self) -> int:

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from .errors import Conflict
+from .managed import ManagedSpec, ManagedState, spec_to_wire, state_to_wire
 
 
 class State(StrEnum):
@@ -49,6 +50,7 @@ class Event(StrEnum):
     STOPPED_AFTER_KILL = "stopped_after_kill"
     STOPPED_AFTER_EXPIRE = "stopped_after_expire"
     LOST = "lost"                          # vanished while the daemon was down
+    RUN_ENDED = "run_ended"                # a managed run ended and its next run is due
 
 
 class StopReason(StrEnum):
@@ -76,6 +78,7 @@ TRANSITIONS: dict[tuple[State | None, Event], tuple[State, ExitState | None]] = 
     (State.RUNNING, Event.EXITED_OK): (State.IDLE, ExitState.SUCCESS),
     (State.RUNNING, Event.EXITED_ERROR): (State.IDLE, ExitState.FAILED),
     (State.RUNNING, Event.LOST): (State.IDLE, ExitState.FAILED),
+    (State.RUNNING, Event.RUN_ENDED): (State.RUNNING, None),
     (State.RUNNING, Event.KILL): (State.TERMINATING, None),
     (State.RUNNING, Event.EXPIRE): (State.TERMINATING, None),
     (State.TERMINATING, Event.STOPPED_AFTER_KILL): (State.IDLE, ExitState.CANCELED),
@@ -171,6 +174,13 @@ class Process:
     stderr_dropped: int = 0
     stdout_mode: str = "capture"
     stderr_mode: str = "capture"
+    name: str | None = None
+    managed: ManagedSpec | None = None           # restarted per its policy (daemon/managed.py)
+    managed_state: ManagedState | None = None
+    tty: dict[str, int] | None = None            # {rows, cols}: runs on a terminal (replaced, never mutated)
+    tty_token: str | None = None                 # SHA-256 (hex) of a Tensorlake PTY session's token
+    lease: float | None = None                   # seconds its owner's renewals keep it alive for
+    lease_expires_at: str | None = None          # when it is stopped unless renewed (supervisor/leases.py)
 
     def columns(self) -> dict[str, Any]:
         """Every field by name, values shared (not deep-copied as dataclasses.asdict would)."""
@@ -182,7 +192,10 @@ class Process:
         Taken several times per transition, so it skips replace()'s field
         introspection: one attrgetter call and a positional __init__.
         """
-        return Process(*_all_fields(self))
+        snapshot = Process(*_all_fields(self))
+        if self.managed_state is not None:   # the one mutable part a snapshot must not share
+            snapshot.managed_state = dataclasses.replace(self.managed_state)
+        return snapshot
 
     def to_json(self) -> dict[str, Any]:
         """The public record: Cyrnel's fields first, then Stablehand's additions.
@@ -219,6 +232,16 @@ class Process:
         }
         if self.ref is None:
             del record["ref"]
+        if self.name is not None:
+            record["name"] = self.name
+        if self.managed is not None and self.managed_state is not None:
+            record["managed"] = {**state_to_wire(self.managed_state, camel=True),
+                                 **spec_to_wire(self.managed, camel=True)}
+        if self.tty is not None:
+            record["tty"] = dict(self.tty)
+        if self.lease is not None:
+            record["lease"] = self.lease
+            record["leaseExpiresAt"] = self.lease_expires_at
         return record
 
 
@@ -240,6 +263,12 @@ class StartSpec:
     stdin: str = "null"   # "null" | "pipe"
     stdout_mode: str = "capture"   # "capture" | "discard"
     stderr_mode: str = "capture"
+    name: str | None = None
+    managed: ManagedSpec | None = None
+    tty: dict[str, int] | None = None   # {rows, cols}: a terminal (stdin then is "pipe")
+    tty_token: str | None = None        # a Tensorlake PTY session: its token's SHA-256 (never shown)
+    lease: float | None = None          # seconds: stopped unless its owner renews (leases.py)
+    plain_env: bool = True              # NO_COLOR, TERM, PAGER, GIT_PAGER unless env sets them
 
     def fingerprint(self) -> str:
         """Stable hash of the request, to tell an Idempotency-Key retry from a reuse."""

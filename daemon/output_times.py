@@ -17,11 +17,13 @@ Decisions:
   line's end offset (its newline included): the record by which its last byte
   had arrived. Lines that arrived in the same 10 ms share a time.
 * A line past the last record (it arrived within the last interval and its
-  record is not written yet), or in a stream without an index (output captured
-  before the keeper kept one), has no recorded time: the caller gives the
-  fallback. The native route uses the next time known after it: the record's
-  ``completedAt`` once the process has ended, else now (when it was read);
-  Tensorlake's events keep the time they are sent, as before the index.
+  record is not written yet) has no recorded time yet: a follower waits for the
+  record a little (``LineStamper``'s ``hold``), so that it stamps what a later
+  reader stamps. A line still without one, or in a stream without an index
+  (output captured before the keeper kept one), gets the caller's fallback. The
+  native route uses the next time known after it: the record's ``completedAt``
+  once the process has ended, else now (when it was read); Tensorlake's events
+  the time they are sent, as before the index.
 * ``since`` starts at the first byte that arrived at or after it
   (``OutputIndex.offset_at``). Without an index the record's own times decide
   what they can: a process that completed before ``since`` has nothing newer, one
@@ -73,7 +75,7 @@ def since_ms(text: str) -> int:
         zone = dt.UTC
     else:
         if int(zone_h) > 23 or int(zone_m) > 59:
-            raise ValueError("not a valid time: the zone offset must be -23:59 to +23:59")
+            raise ValueError("is not a valid time: the zone offset must be -23:59 to +23:59")
         offset = dt.timedelta(hours=int(zone_h), minutes=int(zone_m))
         zone = dt.timezone(offset if sign == "+" else -offset)
     early = int(year) < 1970     # before any output; year 0000 is valid RFC 3339, not a datetime
@@ -82,7 +84,7 @@ def since_ms(text: str) -> int:
                            int(minute), min(int(second), 59),
                            int((fraction or "0").ljust(6, "0")[:6]), zone)
     except ValueError as exc:
-        raise ValueError(f"not a valid time: {exc}") from None
+        raise ValueError(f"is not a valid time: {exc}") from None
     return 0 if early else max(0, int(when.timestamp() * 1000))
 
 

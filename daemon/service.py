@@ -8,7 +8,9 @@ Start-up order (READY=1 only at the end):
      (:mod:`daemon.lifecycle`: the registry, created 0600 first, migrated; the
      supervisor, started: the registry reconciled with the machine, queued started);
   3. listen: sockets passed by systemd, else TCP and the Unix socket;
-  4. sd_notify READY=1 and start the watchdog pings.
+  4. sd_notify READY=1 and start the watchdog pings;
+  5. with ``--services FILE`` (read and checked before step 1: a bad file is exit 78),
+     apply it in the background through the daemon's own socket (services_apply.py).
 
 SIGTERM/SIGINT: STOPPING=1, then the runner's cleanup (lifecycle.py): close the
 listeners, stop or detach children (``shutdown`` setting), give open requests
@@ -36,7 +38,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from . import oskit, statedir, systemd, tokens
+from . import oskit, services_apply, statedir, systemd, tokens
 from .config import Config, ConfigError
 from .http import connections
 from .http.keys import SUPERVISOR
@@ -148,6 +150,7 @@ def _prepare_socket_dir(path: Path) -> None:
 
 
 async def serve(config: Config, sd: systemd.SystemdEnv) -> int:
+    declared = services_apply.load_for_serve(config.services) if config.services else None
     # 0700: the registry keeps each caller's env (often secrets) and the output files.
     try:
         statedir.prepare_dir(config.state_dir)
@@ -177,6 +180,7 @@ async def serve(config: Config, sd: systemd.SystemdEnv) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     watchdog: asyncio.Task[None] | None = None
+    applying: services_apply.AtStartup | None = None
     try:
         await runner.setup()  # opens the core: StartupError, RegistryError...
         supervisor = app[SUPERVISOR]
@@ -189,13 +193,21 @@ async def serve(config: Config, sd: systemd.SystemdEnv) -> int:
                  nofile=nofile, systemd=notifier.enabled)
         if sd.watchdog_interval:
             watchdog = asyncio.create_task(_watchdog(notifier, supervisor, sd.watchdog_interval))
+        if config.services is not None and declared is not None:
+            applying = services_apply.AtStartup(config.services, declared,
+                                                services_apply.own_target(config, sd))
+            applying.begin()
         await stop.wait()
         log.info("daemon.stopping", shutdown=config.shutdown)
         notifier.notify("STOPPING=1", "STATUS=stopping")
     finally:
         if watchdog is not None:
             watchdog.cancel()
+        if applying is not None:
+            applying.stop.set()
         await runner.cleanup()  # listeners, then children, open requests, registry (lifecycle.py)
+        if applying is not None:
+            await applying.finish()
         if socket_path is not None:
             socket_path.remove()
         for fd in locks:

@@ -81,6 +81,11 @@ def _token_file(raw: Any) -> Path | str:
     return Path(text).expanduser()
 
 
+def _optional_file(raw: Any) -> Path | None:
+    text = _text(raw).strip()
+    return None if text.lower() in ("none", "off", "") else Path(text).expanduser()
+
+
 def _listen(raw: Any) -> Listen | None:
     text = _text(raw).strip()
     if text.lower() in ("none", "off", ""):
@@ -209,4 +214,5 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "socket_max_connections": _positive_int,
     "header_timeout": _seconds,
     "keepalive_timeout": _seconds,
+    "services": _optional_file,
 }

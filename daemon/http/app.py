@@ -14,7 +14,7 @@ from aiohttp import hdrs, web
 from .. import __version__
 from ..config import Config
 from ..supervisor import Supervisor
-from . import compat, interact, middlewares, routes, sse, tensorlake
+from . import agents, compat, interact, middlewares, routes, sse, tensorlake, terminal
 from .keys import CONFIG, RATE_LIMITER, SUPERVISOR
 from .ratelimit import RateLimiter
 
@@ -48,6 +48,8 @@ def make_app(config: Config, supervisor: Supervisor | None = None) -> web.Applic
         app[RATE_LIMITER] = RateLimiter(config.rate_limit, config.burst)
     app.router.add_routes(routes.routes)
     app.router.add_routes(interact.routes)
+    app.router.add_routes(agents.routes)
+    app.router.add_routes(terminal.routes)
     app.router.add_routes(sse.routes)
     app.router.add_routes(tensorlake.routes)
     app.router.add_routes(compat.routes)

@@ -11,6 +11,9 @@ bodies"):
   anything else, on TCP and the Unix socket alike, ``/healthz`` included. A
   listed Origin gets CORS: preflights are answered (204) and responses carry
   ``Access-Control-Allow-Origin``, so a page the operator chose can read them.
+  The daemon's own origin (``http://`` + the address and port a TCP connection
+  reached) is not refused: no page can have it, and WebSocket clients send it
+  by default (:func:`_own_origin`).
 * **Host (DNS rebinding).** A rebound page is same-origin and sends no Origin,
   but its ``Host`` is the attacker's name. A request that no bearer token vouches
   for (the operator opted out of tokens, or a Unix-socket request, which needs
@@ -73,8 +76,27 @@ def origin_allowed(request: web.Request, config: Config) -> bool | None:
 
 
 def check_origin(request: web.Request, config: Config) -> None:
-    if origin_allowed(request, config) is False:
+    if origin_allowed(request, config) is False and not _own_origin(request):
         raise Forbidden("requests from web pages are refused: this Origin is not in allowed_origins")
+
+
+def _own_origin(request: web.Request) -> bool:
+    """Whether every Origin sent is the daemon's own: ``http://`` + the address and port
+    the connection reached (TCP only).
+
+    Non-browser WebSocket clients send one by default (Python's websocket-client,
+    which Tensorlake's SDK uses for its PTYs, sends ``Origin: http://<host:port of
+    the URL>``). No web page can carry it: a page with that origin would have been
+    served by this address and port, that is by the daemon, which serves none; a
+    rebound page carries its own name. It gets no CORS headers (origin_allowed).
+    """
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        return False   # the Unix socket: no address of its own
+    host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
+    own = {f"http://{host}:{sockname[1]}"} | ({f"http://{host}"} if sockname[1] == 80 else set())
+    return all(_origin_key(origin) in own for origin in request.headers.getall("Origin", ()))
 
 
 def preflight(request: web.Request, config: Config) -> web.Response | None:

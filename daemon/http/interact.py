@@ -12,7 +12,7 @@ from ..errors import BadRequest
 from ..model import Process
 from ..output import STREAMS, OutputOverrun, OutputReader
 from ..output_times import ArrivalTimes, LineStamper, since_ms
-from . import parse, streaming
+from . import parse, pids, streaming
 from .jsonio import json_response
 from .keys import supervisor_of
 
@@ -48,7 +48,7 @@ async def output(request: web.Request) -> web.StreamResponse:
     happens without one). A follow that the daemon's shutdown ends (the process
     goes on) ends with its final chunk like any other (see :mod:`.streaming`).
     """
-    process_id = parse.path_id(request)
+    process_id = await pids.process_id(request)
     stream = request.query.get("stream", "stdout")
     if stream not in STREAMS:
         raise BadRequest("query parameter 'stream' must be stdout or stderr")
@@ -181,7 +181,7 @@ async def _send_range(request: web.Request, reader: OutputReader, start: int, en
 @routes.post("/processes/{id}/stdin")
 @parse.raw_body
 async def write_stdin(request: web.Request) -> web.Response:
-    process_id = parse.path_id(request)
+    process_id = await pids.process_id(request)
     data = await request.read()
     if len(data) > MAX_STDIN_BYTES:
         raise BadRequest(f"at most {MAX_STDIN_BYTES} bytes per write")
@@ -191,14 +191,14 @@ async def write_stdin(request: web.Request) -> web.Response:
 
 @routes.post("/processes/{id}/stdin/close")
 async def close_stdin(request: web.Request) -> web.Response:
-    await supervisor_of(request).close_stdin(parse.path_id(request))
+    await supervisor_of(request).close_stdin(await pids.process_id(request))
     return web.Response(status=204)
 
 
 @routes.post("/processes/{id}/signal")
 async def send_signal(request: web.Request) -> web.Response:
     """Deliver any signal (to the process, or ``group: true`` its process group); state unchanged."""
-    process_id = parse.path_id(request)
+    process_id = await pids.process_id(request)
     body = await parse.json_object(request, required=True)
     supervisor = supervisor_of(request)
     number = parse.signal(body.get("signal"), supervisor.signal_number)
@@ -213,7 +213,7 @@ async def send_signal(request: web.Request) -> web.Response:
 @routes.post("/processes/{id}/stop")
 async def stop(request: web.Request) -> web.Response:
     """Graceful stop with a chosen first signal and grace, then SIGKILL; answers as kill does."""
-    process_id = parse.path_id(request)
+    process_id = await pids.process_id(request)
     body = await parse.json_object(request)
     supervisor = supervisor_of(request)
     grace = body.get("grace")
@@ -227,5 +227,5 @@ async def stop(request: web.Request) -> web.Response:
 
 @routes.delete("/processes/{id}")
 async def delete(request: web.Request) -> web.Response:
-    await supervisor_of(request).delete(parse.path_id(request))
+    await supervisor_of(request).delete(await pids.process_id(request))
     return web.Response(status=204)

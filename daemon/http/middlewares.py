@@ -63,6 +63,9 @@ def error_response(request: web.Request, status: int, message: str, code: str | 
 # Request key set once a response is prepared (aiohttp < 3.12 has no RequestKey: a str then).
 STARTED: Any = (web.RequestKey("stablehand_response_started", bool)
                 if hasattr(web, "RequestKey") else "stablehand_response_started")
+# Request key: who is calling, as check_access says (a poll's default consumer is keyed on it).
+CALLER: Any = (web.RequestKey("stablehand_caller", str)
+               if hasattr(web, "RequestKey") else "stablehand_caller")
 
 
 def _cut(request: web.Request, exc: BaseException) -> web.StreamResponse:
@@ -202,6 +205,7 @@ def _guard(request: web.Request, sock: socket.socket | None) -> tuple[web.Stream
     decision = None
     try:
         identity = check_access(request, sock)
+        request[CALLER] = identity
     except Unauthorized as exc:
         # A flood of bad tokens is limited per peer, whatever Authorization it sends.
         if limiter is not None:

@@ -11,16 +11,18 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BadRequest
+from ..managed import check_name, spec_from_wire
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..model import ExitState, StartSpec, State
-from . import parse, streaming
+from . import agents, parse, pids, streaming, terminal
 from .jsonio import json_response
 from .keys import supervisor_of
 from .openapi import document as openapi_document
 
 routes = web.RouteTableDef()
 
-START_FIELDS = frozenset({"argv", "command", "env", "cwd", "ref", "timeout", "grace", "stdin"})
+START_FIELDS = frozenset({"argv", "command", "env", "cwd", "ref", "timeout", "grace", "stdin",
+                          "name", "restart", "healthCheck", "ready", "tty", "lease", "plainEnv"})
 MAX_TIMEOUT = 366 * 86400.0
 MAX_GRACE = 86400.0
 MAX_WAIT = 3600.0
@@ -61,8 +63,22 @@ def start_spec(body: dict[str, Any]) -> StartSpec:
     stdin = "null" if stdin is None else stdin
     if stdin not in ("null", "pipe"):
         raise BadRequest("'stdin' must be \"null\" or \"pipe\"")
+    name = body.get("name")
+    try:
+        name = None if name is None else check_name(name)
+        managed = spec_from_wire(body, camel=True)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    tty = terminal.window_size(body["tty"], "tty") if body.get("tty") is not None else None
+    if tty is not None:
+        stdin = "pipe"   # the terminal is its stdin (and stdout and stderr)
+    lease = agents.lease_seconds(body["lease"]) if body.get("lease") is not None else None
+    plain_env = body.get("plainEnv", True)
+    if not isinstance(plain_env, bool):
+        raise BadRequest("'plainEnv' must be a boolean")
     return StartSpec(argv=argv, command=command, env=env, cwd=cwd, ref=ref,
-                     timeout=timeout, grace=grace, stdin=stdin)
+                     timeout=timeout, grace=grace, stdin=stdin, name=name, managed=managed,
+                     tty=tty, lease=lease, plain_env=plain_env)
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -76,9 +92,18 @@ def _idempotency_key(request: web.Request) -> str | None:
 
 @routes.post("/processes")
 async def create_process(request: web.Request) -> web.Response:
-    spec = start_spec(await parse.json_object(request, required=True))
+    """Start a process; with ``yieldMs``/``maxBytes``/``consumer`` also poll it once (agents.py)
+    and answer with the record as that poll left it, plus ``poll``."""
+    body = await parse.json_object(request, required=True)
+    polling = agents.POLL_FIELDS & body.keys()
+    options = agents.poll_options(request, body) if polling else None
+    spec = start_spec({k: v for k, v in body.items() if k not in polling})
     record, created = await supervisor_of(request).create(spec, _idempotency_key(request))
-    return json_response(record.to_json(), status=201 if created else 200)
+    status = 201 if created else 200
+    if options is None:
+        return json_response(record.to_json(), status=status)
+    result = await agents.poll(request, record.id, options)
+    return json_response(result.record.to_json() | {"poll": result.to_json()}, status=status)
 
 
 def _enum_query(request: web.Request, name: str, enum: type[State] | type[ExitState]) -> Any:
@@ -103,7 +128,7 @@ async def list_processes(request: web.Request) -> web.Response:
     records = await supervisor_of(request).list(
         state=_enum_query(request, "state", State),
         exit_state=_enum_query(request, "exitState", ExitState),
-        ref=request.query.get("ref") or None,
+        ref=request.query.get("ref") or None, name=request.query.get("name") or None,
         before_id=cursor, limit=limit + 1)
     more = len(records) > limit
     records = records[:limit]
@@ -113,13 +138,33 @@ async def list_processes(request: web.Request) -> web.Response:
 
 @routes.get("/processes/{id}")
 async def get_process(request: web.Request) -> web.Response:
-    record = await supervisor_of(request).get(parse.path_id(request))
+    record = await supervisor_of(request).get(await pids.process_id(request))
     return json_response(record.to_json())
+
+
+@routes.get("/processes/{id}/runs")
+async def list_runs(request: web.Request) -> web.Response:
+    """A managed process's runs, oldest first."""
+    runs = await supervisor_of(request).runs(await pids.process_id(request))
+    return json_response({"runs": [{_CAMEL.get(k, k): v for k, v in run.items()} for run in runs]})
+
+
+@routes.post("/processes/{id}/restart")
+async def restart_process(request: web.Request) -> web.Response:
+    """Stop a managed process's current run and start the next at once (the backoff reset)."""
+    process_id = await pids.process_id(request)
+    await parse.json_object(request)
+    record = await supervisor_of(request).restart(process_id)
+    return json_response(record.to_json())
+
+
+_CAMEL = {"started_at": "startedAt", "ended_at": "endedAt", "exit_code": "exitCode",
+          "exit_signal": "exitSignal"}
 
 
 @routes.post("/processes/{id}/signals/kill")
 async def kill_process(request: web.Request) -> web.Response:
-    process_id = parse.path_id(request)
+    process_id = await pids.process_id(request, unknown_is_bad_id=True)
     await parse.json_object(request)  # the payload is ignored; only object-ness is validated
     record = await supervisor_of(request).stop(process_id)
     return json_response(record.to_json())
@@ -129,7 +174,7 @@ async def kill_process(request: web.Request) -> web.Response:
 async def wait_process(request: web.Request) -> web.Response:
     """Long poll; 503 once the daemon begins to shut down, unless its shutdown ends this
     process (then the idle record, as usual): see streaming.py."""
-    process_id = parse.path_id(request)
+    process_id = await pids.process_id(request)
     timeout = parse.query_number(request, "timeout", DEFAULT_WAIT, maximum=MAX_WAIT)
     supervisor = supervisor_of(request)
     waiting = supervisor.wait(process_id, timeout)

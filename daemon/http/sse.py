@@ -2,7 +2,8 @@
 
 Each event has ``id`` (a sequence number for ``Last-Event-ID``), ``event: state``
 and as data the record plus ``state``/``exitState`` at the top. ``?id=`` and
-``?ref=`` filter. A comment line every HEARTBEAT seconds keeps proxies from
+``?ref=`` filter; a stream with ``?id=`` renews that process's lease while it is
+open (daemon/supervisor/leases.py). A comment line every HEARTBEAT seconds keeps proxies from
 closing an idle stream. A client that leaves is noticed within GONE_CHECK
 seconds (or at the next write) and logged at debug as ``http.client_gone``.
 
@@ -46,6 +47,8 @@ async def events(request: web.Request) -> web.StreamResponse:
         pending = list(missed)
         quiet = 0.0
         while True:
+            if only_id_value is not None:   # a stream of one process renews its lease
+                supervisor.keep_alive(only_id_value)
             if not pending:
                 if closing.done():
                     while not queue.empty():       # what was published before the shutdown

@@ -128,6 +128,8 @@ class Follow:
             if gone(self.request):
                 raise ConnectionResetError("the client went away")
             still = self.supervisor.is_active(self.process_id)
+            if still:
+                self.supervisor.keep_alive(self.process_id)   # an open stream renews a lease
             if still and self.supervisor.closing.is_set():
                 if outlives is None:
                     outlives = not await ends_with_shutdown(self.supervisor, self.process_id)

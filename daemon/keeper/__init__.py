@@ -7,8 +7,9 @@ on the daemon's request, holds their pipes, pumps their output into
 reaps them, journalling each exit until the daemon acknowledges it. The daemon
 keeps the API, the registry and the policy. This package is both sides: the
 keeper (standard library only, single-threaded, never imports asyncio) and the
-daemon's asyncio client (:mod:`.client`), which is the only module here that
-imports asyncio, and which the keeper never imports.
+daemon's asyncio client (:mod:`.client`, and :mod:`.starting`, which starts a
+keeper when none answers): the only modules here that import asyncio, and
+ones the keeper never imports.
 
 Modules, in reading order:
 
@@ -22,7 +23,9 @@ Modules, in reading order:
 - :mod:`.children` — one spawn (``subprocess.Popen``, new session, pidfd) and
   what is held per child; :mod:`.pump` — one captured stream, its cap and index;
   :mod:`.journal` — the exit journal; :mod:`.connection` — framing and buffers.
-- :mod:`.client` and :mod:`.records` — the daemon's side.
+- :mod:`.client`, :mod:`.starting` and :mod:`.records` — the daemon's side
+  (the connection and its requests; starting and reaping a keeper; the records
+  and errors both share).
 
 Files in the state dir: ``keeper.lock`` (flock; holds ``{"pid", "version"}``),
 ``keeper.sock`` (0600), ``keeper/exits.journal``, ``keeper/keeper.log`` (the
@@ -73,6 +76,13 @@ Decisions where the issue is silent:
   reading a stdin pipe sees EOF — as with conmon. Unacknowledged exits are
   still in the journal for the next keeper; exits that happen while no
   keeper runs are lost ("exit status unknown").
+- Terminals: a spawn with ``tty: {rows, cols}`` runs the child on a pty
+  (:mod:`.children` says how, and why a terminal child, alone, gets a
+  ``preexec_fn``); the keeper holds the master, so the terminal outlives the
+  daemon. The terminal's bytes go to ``<id>.stdout`` (no ``.stderr``),
+  ``stdin_write`` types into it, ``resize`` sets its size. A keeper killed
+  with SIGKILL closes the master: the terminal hangs up (SIGHUP to the
+  child's session), as when a terminal window is closed.
 - Security: the socket is 0600 and each peer's uid (SO_PEERCRED) must equal
   the keeper's euid, else the connection is closed before a byte is read; at
   most 16 connections may wait for their hello, for at most 10 s each. Files
@@ -83,5 +93,7 @@ Cost (measured on the CI box, ``python -m tests.keeper.measure``): idle RSS
 about 14.5 MiB (8.7 of it the bare interpreter); per child about 2 KiB and
 exactly 1 fd (pidfd) with both streams discarded, 7 when both are captured
 (pidfd, two pipe read ends, two stream files, two index files) and 8 with a
-stdin pipe (its write end).
+stdin pipe (its write end). A child on a terminal costs 6: pidfd, three
+descriptors of the pty master (output, keystrokes, resize), the stream file
+and its index.
 """

@@ -2,23 +2,48 @@
 
 Spawn uses ``subprocess.Popen`` for its careful fork/exec error reporting (which
 file was missing, whether chdir failed) with ``start_new_session=True`` (each child
-leads its own session and process group), ``close_fds`` and no ``preexec_fn``. The
-Popen object is disarmed (``returncode`` set) so its finaliser never reaps: the
-keeper's loop is the only reaper. The pidfd is opened right after: the child is
-unreaped, so its pid cannot have been recycled and the pidfd is certain to name it.
+leads its own session and process group), ``close_fds`` and no ``preexec_fn``
+(but for a terminal, below). The Popen object is disarmed (``returncode`` set)
+so its finaliser never reaps: the keeper's loop is the only reaper. The pidfd is
+opened right after: the child is unreaped, so its pid cannot have been recycled
+and the pidfd is certain to name it.
 
 Per child the keeper holds: the pidfd (exit notification, signals); for each
 captured stream the pipe's read end, the stream file and its index; and, with
 ``stdin: "pipe"``, the pipe's write end. ``discard`` gives the child ``/dev/null``
 directly; nothing is held for it.
+
+A terminal (``tty``). The keeper opens a pty pair (``os.openpty``, whose slave
+is opened ``O_NOCTTY``: the keeper, a session leader, never acquires it) and
+gives the child the slave as fds 0, 1 and 2. The child must also make it its
+controlling terminal (else no job control, no ``^C`` as SIGINT, no SIGWINCH).
+``start_new_session`` gives it a session, but a session leader only gains a
+controlling terminal by opening a tty without ``O_NOCTTY`` or by ``TIOCSCTTY``,
+and ``Popen`` does neither, so a terminal child gets one ``preexec_fn``:
+``ioctl(0, TIOCSCTTY, 0)``, run after ``setsid`` and the ``dup2``s. The usual
+objection to ``preexec_fn`` (a fork of a threaded process may deadlock in the
+child on a lock another thread held) does not apply: the keeper is
+single-threaded by design (it never imports asyncio or threading) and the
+function only calls ``ioctl``. The daemon, which is threaded, never does this.
+Pipe children keep Popen's ``vfork`` path (no ``preexec_fn``). The window size
+is set on the master before the fork, so the child starts with it.
+
+The keeper holds three descriptors of the master (``dup``s of one open file,
+so all non-blocking): the output stream's (closed at EOF: ``EIO`` once every
+slave fd is closed), the stdin writer's (written like a stdin pipe, closed by
+``stdin_close``, which sends nothing to the terminal: a program wanting EOF is
+sent ``^D``), and the control one, kept until the exit, for ``resize``.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
+import struct
 import subprocess
+import termios
 from typing import Any
 
 from .protocol import STDIN_BUFFER, RequestError
@@ -89,25 +114,38 @@ class StdinPipe:
 
 
 class Child:
-    __slots__ = ("id", "pid", "pidfd", "start_ticks", "stdin", "streams")
+    __slots__ = ("id", "pid", "pidfd", "start_ticks", "stdin", "streams", "tty")
 
     def __init__(self, child_id: int, pid: int, pidfd: int, start_ticks: int | None,
-                 stdin: StdinPipe | None, streams: dict[str, OutputStream]) -> None:
+                 stdin: StdinPipe | None, streams: dict[str, OutputStream],
+                 tty: int | None = None) -> None:
         self.id = child_id
         self.pid = pid
         self.pidfd = pidfd
         self.start_ticks = start_ticks
         self.stdin = stdin
         self.streams = streams
+        self.tty = tty          # the control fd of the pty master, until the exit
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"id": self.id, "pid": self.pid, "start_ticks": self.start_ticks,
-                                "stdin_open": self.stdin is not None and self.stdin.open}
+                                "stdin_open": self.stdin is not None and self.stdin.open,
+                                "tty": self.tty is not None}
         for name in ("stdout", "stderr"):
             stream = self.streams.get(name)
             info[f"{name}_dropped"] = stream.dropped if stream else 0
             info[f"{name}_lost"] = stream.lost if stream else 0
         return info
+
+    def resize(self, rows: int, cols: int) -> None:
+        if self.tty is None:
+            raise RequestError(f"child {self.id} has no terminal", errno.EBADF)
+        set_window_size(self.tty, rows, cols)
+
+    def close_tty(self) -> None:
+        if self.tty is not None:
+            os.close(self.tty)
+            self.tty = None
 
     def signal(self, sig: int, group: bool) -> bool:
         """Signal the child (and its group) while it is unreaped. False if it has exited.
@@ -136,18 +174,52 @@ def start_ticks(pid: int) -> int | None:
         return None
 
 
+def set_window_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _take_terminal() -> None:
+    """In the child, after setsid and the dup2s: fd 0 (the slave) becomes its controlling tty."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 def spawn(child_id: int, argv: list[str], env: dict[str, str], cwd: str | None, stdin: str,
-          outputs: dict[str, str | None], cap: int | None) -> Child:
+          outputs: dict[str, str | None], cap: int | None,
+          tty: tuple[int, int] | None = None) -> Child:
     """Start a child. ``outputs`` maps stdout/stderr to a file path, or None for /dev/null.
 
-    Raises RequestError with the reason (the message the record's ``error`` gets).
+    With ``tty`` (rows, cols) the child runs on a new pty: ``outputs["stdout"]``
+    (required) receives the terminal's bytes, ``stdin`` and ``outputs["stderr"]``
+    are ignored. Raises RequestError with the reason (the message the record's
+    ``error`` gets).
     """
     held: list[int] = []          # fds to close whatever happens (the child's ends)
     ours: list[int] = []          # fds to close if the spawn fails
     streams: dict[str, OutputStream] = {}
     child_ends: dict[str, int] = {}
-    stdin_read = stdin_write = None
+    stdin_read = stdin_write = control = None
+    if tty is not None:
+        outputs = {"stdout": outputs["stdout"]}
     try:
+        if tty is not None:
+            master, slave = os.openpty()
+            held.append(slave)
+            ours.append(master)
+            set_window_size(master, *tty)
+            os.set_blocking(master, False)
+            stdin_write = os.dup(master)
+            ours.append(stdin_write)
+            control = os.dup(master)
+            ours.append(control)
+            path = outputs["stdout"]
+            assert path is not None
+            try:
+                streams["stdout"] = OutputStream(master, path, cap)
+            except OSError as exc:
+                raise RequestError(f"cannot open output file {path!r}: {exc.strerror}",
+                                   exc.errno) from None
+            stdin_read = child_ends["stdout"] = child_ends["stderr"] = slave
+            outputs = {}
         for name, path in outputs.items():
             if path is None:
                 continue
@@ -161,7 +233,7 @@ def spawn(child_id: int, argv: list[str], env: dict[str, str], cwd: str | None, 
                 raise RequestError(f"cannot open output file {path!r}: {exc.strerror}",
                                    exc.errno) from None
             child_ends[name] = write_end
-        if stdin == "pipe":
+        if stdin == "pipe" and tty is None:
             stdin_read, stdin_write = os.pipe2(os.O_CLOEXEC)
             held.append(stdin_read)
             ours.append(stdin_write)
@@ -171,7 +243,8 @@ def spawn(child_id: int, argv: list[str], env: dict[str, str], cwd: str | None, 
                 argv, stdin=subprocess.DEVNULL if stdin_read is None else stdin_read,
                 stdout=child_ends.get("stdout", subprocess.DEVNULL),
                 stderr=child_ends.get("stderr", subprocess.DEVNULL),
-                cwd=cwd, env=env, start_new_session=True, close_fds=True)
+                cwd=cwd, env=env, start_new_session=True, close_fds=True,
+                preexec_fn=_take_terminal if tty is not None else None)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             if cwd is not None and exc.filename == cwd:
@@ -179,6 +252,8 @@ def spawn(child_id: int, argv: list[str], env: dict[str, str], cwd: str | None, 
             raise RequestError(f"cannot execute {argv[0]!r}: {reason}", exc.errno) from None
         except (ValueError, TypeError) as exc:
             raise RequestError(f"cannot start {argv[0]!r}: {exc}", errno.EINVAL) from None
+        except subprocess.SubprocessError as exc:   # TIOCSCTTY failed in the child
+            raise RequestError(f"cannot start {argv[0]!r} on a terminal: {exc}", errno.EIO) from None
     except BaseException:
         for stream in streams.values():
             stream.close()   # closes its pipe too
@@ -192,4 +267,4 @@ def spawn(child_id: int, argv: list[str], env: dict[str, str], cwd: str | None, 
     proc.returncode = 0   # disarm Popen.__del__: the keeper's loop is the only reaper
     pidfd = os.pidfd_open(proc.pid)
     return Child(child_id, proc.pid, pidfd, start_ticks(proc.pid),
-                 StdinPipe(stdin_write) if stdin_write is not None else None, streams)
+                 StdinPipe(stdin_write) if stdin_write is not None else None, streams, control)

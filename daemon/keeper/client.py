@@ -29,13 +29,9 @@ A request cancelled while awaiting its reply has still been sent: a cancelled
 ``spawn`` may have started the child (``list`` will show it). Run spawns in
 tasks that are not cancelled by an HTTP client going away.
 
-Starting a keeper. :func:`connect_or_start` starts ``start_cmd`` when no keeper
-answers: in a session of its own, stdin and stdout on /dev/null, stderr
-appended to ``<state_dir>/keeper/keeper.log``, without ``NOTIFY_SOCKET``,
-``LISTEN_*`` or ``WATCHDOG_*``. It is a child of the daemon; the client reaps it
-(``waitpid`` on its pid, through a pidfd watched by the loop) when it exits,
-and ``client.started`` says how it ended. Two daemons racing to start a keeper
-are settled by the keeper's lock: the loser exits and both connect to the winner.
+Starting a keeper: :func:`connect_or_start` (re-exported here) starts one when
+none answers; how it is started, logged and reaped, and how two racing daemons
+are settled, is in :mod:`.starting`.
 """
 
 from __future__ import annotations
@@ -48,7 +44,6 @@ import json
 import os
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -70,6 +65,7 @@ from .records import (
     StdinFull,
     fields_of,
 )
+from .starting import StartedKeeper, connect_or_start
 
 __all__ = ["ChildInfo", "ExitEvent", "KeeperClient", "KeeperError", "KeeperGone", "KeeperRefused",
            "KeeperUnavailable", "Listing", "NoSuchChild", "SpawnFailed", "Spawned", "StartedKeeper",
@@ -77,38 +73,6 @@ __all__ = ["ChildInfo", "ExitEvent", "KeeperClient", "KeeperError", "KeeperGone"
 
 MAX_REPLY = 256 * 1024 * 1024
 _PEERCRED = struct.Struct("3i")
-_PRIVATE_ENV = ("NOTIFY_SOCKET",)
-_PRIVATE_PREFIXES = ("LISTEN_", "WATCHDOG_")
-
-
-class StartedKeeper:
-    """The keeper process :func:`connect_or_start` started; reaped by the loop when it exits."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.pid = proc.pid
-        self.returncode: int | None = None
-        self._proc = proc
-        self._loop = asyncio.get_running_loop()
-        self._exited: asyncio.Future[int] = self._loop.create_future()
-        self._pidfd = os.pidfd_open(proc.pid)
-        self._loop.add_reader(self._pidfd, self._poll)
-
-    def _poll(self) -> None:
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:   # another reaper took it: the status is lost
-            pid, status = self.pid, -1
-        if pid == 0:
-            return
-        self.returncode = os.waitstatus_to_exitcode(status) if status >= 0 else -1
-        self._proc.returncode = self.returncode   # Popen must never reap it again
-        self._loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        if not self._exited.done():
-            self._exited.set_result(self.returncode)
-
-    async def wait(self) -> int:
-        return await asyncio.shield(self._exited)
 
 
 class _Protocol(asyncio.Protocol):
@@ -277,6 +241,10 @@ class KeeperClient:
         """Close the child's stdin once the bytes already accepted are written."""
         await self._request({"op": "stdin_close", "id": id})
 
+    async def resize(self, id: int, rows: int, cols: int) -> None:
+        """Set the window size of a child's terminal (StdinClosed/EBADF if it has none)."""
+        await self._request({"op": "resize", "id": id, "rows": rows, "cols": cols})
+
     async def list(self) -> Listing:
         reply = await self._request({"op": "list"})
         return Listing([ChildInfo(**fields_of(ChildInfo, c)) for c in reply["children"]],
@@ -387,68 +355,3 @@ class KeeperClient:
             except Exception as exc:
                 asyncio.get_running_loop().call_exception_handler(
                     {"message": "keeper on_lost callback failed", "exception": exc})
-
-
-async def connect_or_start(state_dir: str, *, start_cmd: Sequence[str], timeout: float = 10.0,
-                           on_exit: Callable[[ExitEvent], None] | None = None,
-                           on_lost: Callable[[KeeperGone], None] | None = None,
-                           env: Mapping[str, str] | None = None) -> KeeperClient:
-    """Connect to the state dir's keeper, starting ``start_cmd`` first if none answers.
-
-    Retries until ``timeout``; KeeperUnavailable (with the keeper's log tail) if
-    the keeper it started exits or never answers. KeeperRefused as :meth:`KeeperClient.connect`.
-    """
-    state_dir = os.path.abspath(state_dir)
-    try:
-        return await KeeperClient.connect(state_dir, on_exit=on_exit, on_lost=on_lost)
-    except KeeperUnavailable:
-        pass
-    started = _start(state_dir, start_cmd, env)
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.1)
-        try:
-            client = await KeeperClient.connect(state_dir, on_exit=on_exit, on_lost=on_lost,
-                                                timeout=max(0.5, deadline - time.monotonic()))
-        except KeeperUnavailable as exc:
-            failed = started.returncode is not None and started.returncode != 0
-            if time.monotonic() > deadline or (failed and "another keeper" not in _log_tail(state_dir)):
-                how = f"exited with status {started.returncode}" if started.returncode is not None \
-                    else f"did not answer within {timeout}s"
-                raise KeeperUnavailable(f"the keeper started for {state_dir} {how}: "
-                                        f"{_log_tail(state_dir) or exc}", exc.errno) from None
-            continue
-        if client.pid == started.pid:
-            client.started = started
-        return client
-
-
-def _start(state_dir: str, start_cmd: Sequence[str], env: Mapping[str, str] | None) -> StartedKeeper:
-    keeper_dir = os.path.join(state_dir, protocol.KEEPER_DIR)
-    os.makedirs(keeper_dir, mode=0o700, exist_ok=True)
-    log_fd = os.open(os.path.join(keeper_dir, protocol.LOG_NAME),
-                     os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    if env is None:
-        env = {k: v for k, v in os.environ.items()
-               if k not in _PRIVATE_ENV and not k.startswith(_PRIVATE_PREFIXES)}
-    try:
-        proc = subprocess.Popen(list(start_cmd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=log_fd, env=dict(env), start_new_session=True, close_fds=True)
-    except OSError as exc:
-        raise KeeperUnavailable(f"cannot start the keeper ({start_cmd[0]!r}): {exc.strerror}",
-                                exc.errno) from None
-    finally:
-        os.close(log_fd)
-    return StartedKeeper(proc)
-
-
-def _log_tail(state_dir: str, size: int = 2000) -> str:
-    try:
-        with open(os.path.join(state_dir, protocol.KEEPER_DIR, protocol.LOG_NAME), "rb") as handle:
-            handle.seek(max(0, os.fstat(handle.fileno()).st_size - size))
-            lines = handle.read().decode(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""

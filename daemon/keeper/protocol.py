@@ -17,6 +17,16 @@ Conversation: the first line from the daemon must be
 ``event`` key instead of ``seq``: ``{"event": "exit", ...}`` and, once, just
 before the keeper closes a connection another hello replaced,
 ``{"event": "replaced"}``.
+
+Ops: ``spawn``, ``signal``, ``stdin_write``, ``stdin_close``, ``list``, ``ack`` and
+``resize`` (added within version 1: an op a keeper does not know is answered
+with an error, so adding one needs no new version). ``spawn`` may carry
+``"tty": {"rows": R, "cols": C}`` (1..1000 each; null or absent: pipes): the
+child runs on a pseudo-terminal whose master the keeper holds, its output
+(stdout and stderr merged, as on any terminal) goes to ``<id>.stdout``, and
+``stdin_write`` writes to the master (keystrokes). ``{"op": "resize", "id": N,
+"rows": R, "cols": C}`` sets the terminal's window size (the kernel sends the
+foreground process group SIGWINCH); EBADF for a child without a terminal.
 """
 
 from __future__ import annotations
@@ -123,6 +133,20 @@ def optional_cap(value: Any) -> int | None:
     if type(value) is not int or value < 1:
         raise RequestError("max_output_bytes must be a positive integer or null", errno.EINVAL)
     return value
+
+
+TTY_MAX = 1000                      # most rows, and most cols, of a terminal
+
+
+def window_size(value: Any) -> tuple[int, int]:
+    """``{"rows": R, "cols": C}`` (each 1..1000) as ``(rows, cols)``."""
+    if not isinstance(value, dict):
+        raise RequestError("tty must be an object {rows, cols} or null", errno.EINVAL)
+    rows, cols = value.get("rows"), value.get("cols")
+    if type(rows) is not int or type(cols) is not int or not (
+            1 <= rows <= TTY_MAX and 1 <= cols <= TTY_MAX):
+        raise RequestError(f"tty rows and cols must be integers from 1 to {TTY_MAX}", errno.EINVAL)
+    return rows, cols
 
 
 def signal_number(value: Any) -> int:

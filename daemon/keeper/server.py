@@ -74,7 +74,7 @@ class Keeper:
         self._ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "spawn": self.table.spawn, "signal": self.table.signal,
             "stdin_write": self.table.stdin_write, "stdin_close": self.table.stdin_close,
-            "list": self.table.listing, "ack": self.table.ack}
+            "list": self.table.listing, "ack": self.table.ack, "resize": self.table.resize}
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r = wake_r
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)

@@ -68,8 +68,9 @@ class ChildTable:
         modes = {name: protocol.choice(request, name, ("capture", "discard"))
                  for name in ("stdout", "stderr")}
         cap = protocol.optional_cap(request.get("max_output_bytes"))
-        if request.get("tty") is not None:
-            raise RequestError("tty is not supported yet", errno.EOPNOTSUPP)
+        tty = protocol.window_size(request["tty"]) if request.get("tty") is not None else None
+        if tty is not None:   # the terminal is stdin, stdout and stderr: captured in .stdout
+            stdin, modes = "pipe", {"stdout": "capture", "stderr": "discard"}
         if not self.accepting:
             raise RequestError("the keeper is stopping", errno.ESHUTDOWN)
         if child_id in self.children or child_id in self.journal.pending:
@@ -77,7 +78,7 @@ class ChildTable:
         os.makedirs(self.output_dir, mode=0o700, exist_ok=True)
         outputs = {name: os.path.join(self.output_dir, f"{child_id}.{name}") if mode == "capture"
                    else None for name, mode in modes.items()}
-        child = spawn(child_id, argv, env, cwd, stdin, outputs, cap)
+        child = spawn(child_id, argv, env, cwd, stdin, outputs, cap, tty)
         self.children[child_id] = child
         self.by_pid[child.pid] = child
         self.selector.register(child.pidfd, selectors.EVENT_READ, self._on_pidfd)
@@ -112,6 +113,12 @@ class ChildTable:
             raise RequestError(f"child {child.id} has no stdin pipe", errno.EBADF)
         child.stdin.closing = True
         self._watch_stdin(child)
+        return {}
+
+    def resize(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Set a terminal's window size; the kernel sends its foreground group SIGWINCH."""
+        rows, cols = protocol.window_size(request)
+        self._child(request).resize(rows, cols)
         return {}
 
     def listing(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +218,7 @@ class ChildTable:
         del self.children[child.id]
         self.selector.unregister(child.pidfd)
         os.close(child.pidfd)
+        child.close_tty()
         if child.stdin is not None:
             if child.stdin.fd >= 0 and child.stdin.fd in self.selector.get_map():
                 self.selector.unregister(child.stdin.fd)

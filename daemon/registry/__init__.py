@@ -129,7 +129,20 @@ class Registry:
         return self._enqueue(update_sql(tuple(fields)), params)
 
     def delete(self, process_id: int) -> asyncio.Future[None]:
+        self._enqueue("DELETE FROM runs WHERE process_id = ?", (process_id,))
         return self._enqueue("DELETE FROM processes WHERE id = ?", (process_id,))
+
+    def run_started(self, process_id: int, run: int, pid: int | None,
+                    started_at: str) -> asyncio.Future[None]:
+        """A managed process's run began (or began again under the same number after a crash)."""
+        return self._enqueue("INSERT OR REPLACE INTO runs (process_id, run, pid, started_at) "
+                             "VALUES (?, ?, ?, ?)", (process_id, run, pid, started_at))
+
+    def run_ended(self, process_id: int, run: int, ended_at: str, exit_code: int | None,
+                  exit_signal: str | None, reason: str) -> asyncio.Future[None]:
+        return self._enqueue("UPDATE runs SET ended_at = ?, exit_code = ?, exit_signal = ?, reason = ? "
+                             "WHERE process_id = ? AND run = ? AND ended_at IS NULL",
+                             (ended_at, exit_code, exit_signal, reason, process_id, run))
 
     def set_meta(self, key: str, value: str) -> asyncio.Future[None]:
         return self._enqueue("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
@@ -155,8 +168,22 @@ class Registry:
         return rows[0] if rows else None
 
     async def newest_by_pid(self, pid: int) -> Process | None:
-        rows = await self._fetch(f"{SELECT} WHERE pid = ? ORDER BY id DESC LIMIT 1", (pid,))
+        """The newest record that ran as ``pid``: its current pid, or any of its runs'."""
+        rows = await self._fetch(f"{SELECT} WHERE pid = ? OR id IN "
+                                 "(SELECT process_id FROM runs WHERE pid = ?) ORDER BY id DESC LIMIT 1",
+                                 (pid, pid))
         return rows[0] if rows else None
+
+    async def newest_by_name(self, name: str) -> Process | None:
+        rows = await self._fetch(f"{SELECT} WHERE name = ? ORDER BY id DESC LIMIT 1", (name,))
+        return rows[0] if rows else None
+
+    async def runs(self, process_id: int) -> list[dict[str, Any]]:
+        """A managed process's runs, oldest first."""
+        rows = await self._read("SELECT run, pid, started_at, ended_at, exit_code, exit_signal, reason "
+                                "FROM runs WHERE process_id = ? ORDER BY run", (process_id,))
+        keys = ("run", "pid", "started_at", "ended_at", "exit_code", "exit_signal", "reason")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     async def in_states(self, states: Iterable[State]) -> list[Process]:
         values = [s.value for s in states]
@@ -169,12 +196,14 @@ class Registry:
         state: State | None = None,
         exit_state: ExitState | None = None,
         ref: str | None = None,
+        name: str | None = None,
         before_id: int | None = None,
         limit: int = 100,
     ) -> list[Process]:
         """Newest first. ``before_id`` is the cursor: only ids below it."""
         clauses, params = [], []
-        for column, value in (("state", state), ("exit_state", exit_state), ("ref", ref)):
+        for column, value in (("state", state), ("exit_state", exit_state), ("ref", ref),
+                              ("name", name)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value.value if hasattr(value, "value") else value)

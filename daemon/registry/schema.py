@@ -24,6 +24,7 @@ from typing import Any
 
 import aiosqlite
 
+from ..managed import spec_from_text, spec_to_text, state_from_text, state_to_text
 from ..model import ExitState, Process, State, StopReason, now_iso
 from .failures import RegistryError, UnknownColumn
 
@@ -63,12 +64,21 @@ def row_to_process(row: Sequence[Any]) -> Process:
     data["stop_reason"] = StopReason(data["stop_reason"]) if data["stop_reason"] else None
     data["argv"] = json.loads(data["argv"])
     data["env"] = json.loads(data["env"])
+    data["managed"] = spec_from_text(data["managed"])
+    data["managed_state"] = state_from_text(data["managed_state"])
+    data["tty"] = json.loads(data["tty"]) if data["tty"] is not None else None
     return Process(**data)
 
 
 def to_column(key: str, value: Any) -> Any:
     if key in _JSON_COLUMNS:
         return json.dumps(value)
+    if key == "managed":
+        return spec_to_text(value)
+    if key == "managed_state":
+        return state_to_text(value)
+    if key == "tty":
+        return None if value is None else json.dumps(value)
     if hasattr(value, "value"):  # enums
         return value.value
     return value

@@ -4,8 +4,9 @@ Everything outside this package uses one object, :class:`Supervisor` (core.py).
 Inside, each module has one job:
 
 ==================  ==========================================================
-``core.py``         the facade: start/shutdown, queries, create, stop, wait,
-                    delete, signals, stdin and output, housekeeping
+``core.py``         the facade: start/shutdown, queries, create, stop, wait, delete
+``calls.py``        the facade's other half: signals, pids, stdin, output, terminal,
+                    polls and leases (Supervisor inherits it)
 ``table.py``        the process table: live records, the queue, the recently
                     settled cache, waiters, slots; the one place a state changes
 ``running.py``      created → admitted → spawned → exited → idle; owns the children
@@ -19,6 +20,9 @@ Inside, each module has one job:
 ``stdio.py``        stdin (through the keeper), output reads
 ``unsaved.py``      every write, and records whose latest state is not saved yet
 ``tasks.py``        supervisor-owned tasks (a client going away cuts nothing short)
+``polling.py``      exec-then-poll: cursors per consumer, output merged by arrival,
+                    capped as head + tail
+``leases.py``       leases: renewals, lapses (a kill), re-armed at start-up
 ==================  ==========================================================
 
 How it keeps its promises:

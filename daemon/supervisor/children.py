@@ -13,6 +13,14 @@
   without the daemon's own private variables. Descendants inherit it: that is how
   a restarted daemon recognises its processes and how a stop recognises orphans
   of a tree (:class:`Markers`).
+* **The plain environment** (issue 20). A child's reader is usually a program (a
+  model, a log), not a terminal: unless the start says ``plainEnv: false``, a
+  record's env is given ``NO_COLOR=1``, ``TERM=dumb`` (``xterm-256color`` on a
+  terminal), ``PAGER=cat`` and ``GIT_PAGER=cat`` under what the request sets
+  (:func:`with_plain_env`). They go into the record's env when it is created, so
+  every run of it (a managed restart, after a daemon restart) gets the same, and
+  they override what the daemon itself inherited (a daemon started from a
+  terminal has its TERM).
 
 The daemon itself is no subreaper and reaps nothing but the keeper it started
 (keeper/client.py): orphans of a tree are re-parented to the keeper.
@@ -34,6 +42,13 @@ _PRIVATE_ENV_PREFIXES = ("LISTEN_", "WATCHDOG_", "STABLEHAND_")
 _PRIVATE_ENV_NAMES = frozenset({"NOTIFY_SOCKET"})
 ID_VAR = "STABLEHAND_ID"
 INSTANCE_VAR = "STABLEHAND_INSTANCE"
+PLAIN_ENV = {"NO_COLOR": "1", "TERM": "dumb", "PAGER": "cat", "GIT_PAGER": "cat"}
+TTY_TERM = "xterm-256color"
+
+
+def with_plain_env(env: dict[str, str], *, tty: bool) -> dict[str, str]:
+    """``env`` over the plain defaults (the module doc): what the request sets wins."""
+    return {**PLAIN_ENV, **({"TERM": TTY_TERM} if tty else {}), **env}
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -49,6 +64,7 @@ class Child:
     stdin_open: bool = False                    # a kept child's stdin pipe, held by the keeper
     timer: asyncio.TimerHandle | None = None
     stdin_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    ending: str | None = None                   # a managed run being stopped: why ("restarted"...)
     keeper_lost: bool = False                   # adopted because its keeper was killed
 
 

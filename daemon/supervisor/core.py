@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import signal
 import uuid
 from typing import Any
@@ -20,12 +21,15 @@ from .. import oskit
 from ..config import Config
 from ..errors import ApiError, Conflict, Forbidden, NotFound, Unavailable
 from ..events import EventHub
-from ..keeper.client import KeeperError, KeeperGone, NoSuchChild
+from ..keeper.client import KeeperError
 from ..metrics import Metrics
-from ..model import ACTIVE, SETTLED, SIGNALLABLE, STOPPABLE, ExitState, Process, StartSpec, State, StopReason
-from ..output import OutputReader, OutputStore
+from ..model import ACTIVE, SETTLED, STOPPABLE, ExitState, Process, StartSpec, State, StopReason
+from ..output import OutputStore
 from ..registry import Registry
-from .children import Markers, resolve
+from .calls import ProcessCalls
+from .children import Markers, resolve, with_plain_env
+from .leases import Leases
+from .polling import Polls
 from .reconcile import reconcile
 from .running import Listener, Runner
 from .stopping import KILL_WAIT
@@ -35,8 +39,12 @@ from .terminating import done_future
 from .unsaved import UnsavedRecords
 
 
-class Supervisor:
-    """Owns every child from creation to its last exit. Made inside the loop it serves."""
+class Supervisor(ProcessCalls):
+    """Owns every child from creation to its last exit. Made inside the loop it serves.
+
+    The calls that act on a live process's signals, pids, stdin, output, terminal,
+    polls and leases are in :class:`~.calls.ProcessCalls` (calls.py), which this
+    class is: one object, two files."""
 
     def __init__(self, config: Config, registry: Registry, outputs: OutputStore) -> None:
         self.config = config
@@ -55,6 +63,9 @@ class Supervisor:
                                       self._unsaved, self._tasks, self._markers, self._listeners)
         self._children, self._trees, self._stdio = runner.children, runner.trees, runner.stdio
         self._loop = runner.loop
+        self._leases = Leases(runner)                 # issue 20: leases.py, polling.py
+        self._listeners.append(self._leases.observe)
+        self._polls = Polls(outputs)
 
     @property
     def _instance(self) -> str:
@@ -83,6 +94,7 @@ class Supervisor:
         except KeeperError as exc:
             raise Unavailable(f"cannot reach or start the keeper: {exc}") from None
         await reconcile(self._runner, listing)
+        self._leases.resume()
         self._runner.admit()
 
     async def shutdown(self) -> None:
@@ -90,6 +102,7 @@ class Supervisor:
         runner, tasks = self._runner, self._tasks
         runner.closing = True
         self.closing.set()
+        self._leases.close()
         self.outputs.close()
         if self.config.shutdown == "stop":
             graces = [0.0]
@@ -105,10 +118,12 @@ class Supervisor:
                 for process_id in list(self._trees.stop_sets):
                     await self._trees.kill_stopping(process_id)
             await tasks.drain()
+            await runner.managing.close()
             await runner.keeper.stop_keeper()
         else:
             left = [{"id": p.id, "pid": p.pid} for p in self._table.records() if p.state in ACTIVE]
             self.log.info("daemon.detached", processes=left, count=len(left))
+            await runner.managing.close()
             await tasks.cancel_all()
             await runner.keeper.close()
         for child in self._children.all():
@@ -134,8 +149,40 @@ class Supervisor:
         recent.offer(record, generation)
         return record
 
+    async def resolve(self, name: str) -> int:
+        """The id of the newest record named ``name`` (live first: a live holder is newest)."""
+        live = [p.id for p in self._table.records() if p.name == name]
+        if live:
+            return max(live)
+        record = await self.registry.newest_by_name(name)
+        if record is None:
+            raise NotFound(f"no process is named {name!r}")
+        return record.id
+
+    async def runs(self, process_id: int) -> builtins.list[dict[str, Any]]:
+        """A managed process's runs, oldest first ([] for one that is not managed)."""
+        await self.get(process_id)
+        await self._runner.managing.rows_written(process_id)
+        return await self.registry.runs(process_id)
+
+    async def restart(self, process_id: int) -> Process:
+        """Stop a managed process's current run and start the next at once (the backoff reset).
+
+        Returns the record once the next run has started (or the stop's time ran out).
+        Conflict if it is not managed or not running.
+        """
+        proc = self._table.get(process_id)
+        if proc is None:
+            record = await self.get(process_id)
+            raise Conflict(f"process {process_id} is {record.state.value}"
+                           if record.managed else f"process {process_id} is not a managed process")
+        grace = self._runner.grace_of(proc)
+        await self._tasks.owned(self._runner.managing.restart(
+            proc, self._children.get(process_id), grace + KILL_WAIT + 1))
+        return proc.copy()
+
     async def list(self, *, state: State | None = None, exit_state: ExitState | None = None,
-                   ref: str | None = None, before_id: int | None = None,
+                   ref: str | None = None, name: str | None = None, before_id: int | None = None,
                    limit: int = 100) -> builtins.list[Process]:
         """Records, newest first (``before_id``: only ids below it), unsaved ones as memory has them.
 
@@ -144,7 +191,7 @@ class Supervisor:
         missing from ``state=idle``.
         """
         return self._unsaved.overlay(await self.registry.list(
-            state=state, exit_state=exit_state, ref=ref, before_id=before_id, limit=limit))
+            state=state, exit_state=exit_state, ref=ref, name=name, before_id=before_id, limit=limit))
 
     async def count(self) -> int:
         """How many records the registry holds (for /metrics)."""
@@ -176,8 +223,14 @@ class Supervisor:
             existing = await self.registry.by_idempotency_key(idempotency_key)
             if existing is not None:
                 return _check_replay(existing, fingerprint), False
-        return await self._tasks.owned(self._runner.create(
+        if spec.plain_env:   # children.py: after the fingerprint, which is of the request
+            spec = dataclasses.replace(spec, env=with_plain_env(
+                spec.env, tty=getattr(spec, "tty", None) is not None))
+        record, created = await self._tasks.owned(self._runner.create(
             spec, idempotency_key, fingerprint, lambda found: _check_replay(found, fingerprint)))
+        if created:
+            self._leases.arm(record.id)
+        return record, created
 
     async def stop(self, process_id: int, *, grace: float | None = None,
                    sig: int = signal.SIGTERM, escalate: bool = True) -> Process:
@@ -263,84 +316,9 @@ class Supervisor:
         finally:
             recent.forget(process_id)  # and what a read racing the deletion kept
         self._unsaved.forget(process_id)
+        self._polls.forget(process_id)
         self.outputs.remove(process_id)
         self.log.info("process.deleted", process_id=process_id)
-
-    # --- signals and pids ------------------------------------------------------------
-
-    @staticmethod
-    def signal_number(value: str | int) -> int:
-        """A signal given by name or number; ValueError if there is no such signal."""
-        return oskit.signal_number(value)
-
-    async def send_signal(self, process_id: int, sig: int, *, group: bool = False,
-                    terminating_ok: bool = False) -> bool:
-        """Deliver ``sig`` to a running process (or its group); state is unchanged.
-
-        Returns False if the process already exited. Conflict if it is not running
-        (nor terminating, with ``terminating_ok``).
-        """
-        proc = self._table.get(process_id)
-        child = self._children.get(process_id)
-        allowed = ACTIVE if terminating_ok else SIGNALLABLE
-        if proc is None or proc.state not in allowed or child is None:
-            state = proc.state.value if proc else "idle"
-            raise Conflict(f"process {process_id} is not running (it is {state})")
-        if child.kept:
-            try:
-                return await self._runner.keeper.signal(process_id, sig, group=group)
-            except (NoSuchChild, KeeperGone):
-                return False
-        return oskit.pidfd_signal(child.pidfd, sig)
-
-    async def signal_unmanaged(self, pid: int, sig: int, grace: float | None = None) -> bool:
-        """Signal a process Stablehand did not start (only with ``allow_unmanaged``).
-
-        With ``grace``: wait that long for it to exit, then SIGKILL and wait again.
-        Returns whether it is gone (True without ``grace``). Raises
-        ProcessLookupError / PermissionError like kill(2).
-        """
-        return await self._trees.signal_unmanaged(pid, sig, grace)
-
-    async def record_for_pid(self, pid: int) -> Process | None:
-        """The newest record whose process ran as OS ``pid`` (compat routes address by pid)."""
-        record = await self.registry.newest_by_pid(pid)
-        unsaved = self._unsaved.newest_with_pid(pid)
-        if unsaved is not None and (record is None or unsaved.id >= record.id):
-            return unsaved
-        return record if record is None else (self._unsaved.get(record.id) or record)
-
-    def is_live_leader(self, record: Process) -> bool:
-        """Whether ``record``'s process is the one still running under its pid."""
-        child = self._children.get(record.id)
-        return child is not None and child.pid == record.pid and not child.exited.done()
-
-    @staticmethod
-    def pid_exists(pid: int) -> bool:
-        return oskit.process_exists(pid)
-
-    # --- output and stdin ------------------------------------------------------------
-
-    async def output_reader(self, process_id: int, stream: str) -> OutputReader:
-        """A stream to read in bounded chunks off the loop (how the HTTP routes read output);
-        the dropped mark is looked up at each read, so bytes dropped meanwhile are never sent."""
-        record = self._table.get(process_id) or await self.get(process_id)
-        return self._stdio.reader(record, stream)
-
-    async def write_stdin(self, process_id: int, data: bytes, timeout: float = 30.0) -> int:
-        """Write to a child started with ``stdin: "pipe"``, never blocking the loop."""
-        if process_id not in self._table:
-            await self.get(process_id)  # NotFound for an unknown id
-        return await self._stdio.write(process_id, data, timeout)
-
-    def stdin_open(self, process_id: int) -> bool:
-        """Whether the process has a stdin pipe that can still be written."""
-        return self._stdio.is_open(process_id)
-
-    async def close_stdin(self, process_id: int) -> None:
-        if process_id not in self._table:
-            await self.get(process_id)  # NotFound for an unknown id
-        await self._stdio.close(process_id)
 
 
 def _check_replay(existing: Process, fingerprint: str | None) -> Process:

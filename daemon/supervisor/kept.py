@@ -131,10 +131,16 @@ class KeeperLink:
     # --- requests ------------------------------------------------------------------------
 
     async def spawn(self, process_id: int, argv: Sequence[str], env: dict[str, str], cwd: str,
-                    *, stdin: str, stdout: str, stderr: str, cap: int | None) -> Spawned:
-        """Start a child; SpawnFailed with the reason, KeeperGone if the keeper is lost."""
+                    *, stdin: str, stdout: str, stderr: str, cap: int | None,
+                    tty: dict[str, int] | None = None) -> Spawned:
+        """Start a child (on a terminal with ``tty``); SpawnFailed with the reason, KeeperGone
+        if the keeper is lost."""
         return await self.client.spawn(process_id, argv, env, cwd, stdin=stdin, stdout=stdout,
-                                       stderr=stderr, max_output_bytes=cap)
+                                       stderr=stderr, max_output_bytes=cap, tty=tty)
+
+    async def resize(self, process_id: int, rows: int, cols: int) -> None:
+        """Set a kept child's terminal window size (StdinClosed if it has no terminal)."""
+        await self.client.resize(process_id, rows, cols)
 
     async def signal(self, process_id: int, sig: int, *, group: bool) -> bool:
         """Signal a kept child; False if it already exited."""
@@ -145,6 +151,10 @@ class KeeperLink:
 
     async def close_stdin(self, process_id: int) -> None:
         await self.client.stdin_close(process_id)
+
+    async def ack(self, process_id: int) -> None:
+        """Acknowledge one committed exit now (before a managed run's id is spawned again)."""
+        await self.client.ack([process_id])
 
     def ack_soon(self, process_id: int) -> None:
         """Acknowledge a committed exit; the acks of one turn of the loop go in one request."""

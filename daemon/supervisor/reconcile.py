@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from .. import oskit
 from ..keeper.client import ChildInfo, ExitEvent, KeeperError, Listing
+from ..managed import Status
 from ..model import LIVE, Event, Process, State, iso_to_epoch, now_iso, stopped_event
 from .children import ID_VAR, INSTANCE_VAR, Child, Markers
 from .terminating import wall
@@ -57,6 +58,10 @@ async def reconcile(runner: Runner, listing: Listing) -> None:
             continue
         if proc.id in kept or proc.id in exits:
             await _keep(runner, proc, kept.get(proc.id), exits.pop(proc.id, None))
+            continue
+        if proc.managed_state is not None and proc.managed_state.status is Status.BACKING_OFF \
+                and proc.state is State.RUNNING:
+            runner.managing.resume(proc, None)   # between runs: the next starts when it was due
             continue
         found = marked.get(proc.id)
         if found is not None and (proc.pid is None or
@@ -200,6 +205,8 @@ def _adopt(runner: Runner, proc: Process, child: Child) -> None:
                     kept=child.kept)
     if proc.state is State.RUNNING:
         runner.arm_timeout(proc, child)
+        if proc.managed is not None:
+            runner.managing.resume(proc, child)
         return
     requested = iso_to_epoch(proc.stop_requested_at) or wall()
     grace = proc.stop_grace if proc.stop_grace is not None else runner.grace_of(proc)

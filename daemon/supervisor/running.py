@@ -34,12 +34,15 @@ from typing import Any
 
 from .. import oskit
 from ..config import Config
+from ..errors import Conflict
 from ..keeper.client import ExitEvent, KeeperError, KeeperGone
 from ..model import ACTIVE, Event, Process, StartSpec, State, iso_to_epoch, now_iso, transition
 from ..output import OutputStore
 from ..registry import DuplicateKey, Registry, RegistryError, StorageError
 from .children import Child, Children, Markers
 from .kept import KeeperLink
+from .leases import lease_expiry
+from .managing import Managing
 from .reconcile import recover_keeper
 from .stdio import Stdio
 from .stopping import Trees
@@ -81,6 +84,8 @@ class Runner:
         self.abandoned: set[int] = set()            # spawned, pid not committed: being killed
         self.from_keeper: set[int] = set()          # exits to acknowledge once committed
         self.recovering = False                     # the keeper was lost: finding one again
+        self.naming: set[str] = set()               # names of creates being inserted
+        self.managing = Managing(self)
 
     # --- creation and admission ------------------------------------------------------
 
@@ -88,14 +93,23 @@ class Runner:
                      replay: Callable[[Process], Process]) -> tuple[Process, bool]:
         """Insert a record and start (or queue) it. A reused Idempotency-Key found only by
         the insert is answered by ``replay`` with the existing record."""
+        if spec.name is not None and (spec.name in self.naming or
+                                      any(p.name == spec.name for p in self.table.records())):
+            raise Conflict(f"a live process is already named {spec.name!r}")
         event = Event.ADMIT if self.table.has_slot() and not self.table.queue else Event.ENQUEUE
         state, _ = transition(None, event)
         proc = Process(id=0, state=state, argv=spec.argv, created_at=now_iso(), ref=spec.ref,
                        command=spec.command, env=spec.env, cwd=spec.cwd, timeout=spec.timeout,
                        grace=spec.grace, stdin=spec.stdin, stdout_mode=spec.stdout_mode,
                        stderr_mode=spec.stderr_mode, idempotency_key=key,
-                       request_hash=fingerprint)
+                       request_hash=fingerprint, name=spec.name, managed=spec.managed,
+                       tty=spec.tty, tty_token=spec.tty_token)
+        if spec.lease is not None:   # it runs from the creation, and is inserted with it
+            proc.lease, proc.lease_expires_at = spec.lease, lease_expiry(spec.lease)
+        self.managing.begin(proc)
         self.table.reserve(proc)
+        if spec.name is not None:
+            self.naming.add(spec.name)
         try:
             proc.id = await self.registry.insert(proc.columns() | {"id": None})
         except DuplicateKey:
@@ -110,6 +124,8 @@ class Runner:
                 self.log.warning("process.not_created", error=exc.message)
                 raise StorageError(f"{exc.message}; the process was not created") from None
             raise  # WriteRejected (a 400) among others: this request alone fails
+        finally:
+            self.naming.discard(spec.name or "")
         self.table.insert(proc)
         self.log.info("process.created", process_id=proc.id, state=proc.state.value, argv=proc.argv)
         self.emit(proc)
@@ -194,7 +210,7 @@ class Runner:
             spawned = await self.keeper.spawn(
                 proc.id, proc.argv, self.markers.env(proc), proc.cwd or os.getcwd(),
                 stdin="pipe" if proc.stdin == "pipe" else "null", stdout=proc.stdout_mode,
-                stderr=proc.stderr_mode, cap=self.config.max_output_bytes or None)
+                stderr=proc.stderr_mode, cap=self.config.max_output_bytes or None, tty=proc.tty)
         except Exception as exc:  # whatever it is, nothing runs: say why on the record
             if isinstance(exc, KeeperGone):
                 # A spawn the keeper received may have started: the recovery stops it as a stray.
@@ -212,6 +228,8 @@ class Runner:
         # Without it (/proc unreadable) a restarted daemon goes by the child's marker.
         proc.pid_start_time = spawned.start_ticks
         self.children.watch(child)
+        if proc.managed is not None:
+            self.managing.run_started(proc, child)
         return child
 
     async def _abandon(self, proc: Process, child: Child, error: BaseException) -> None:
@@ -305,7 +323,18 @@ class Runner:
             event, error = Event.EXITED_ERROR, f"killed by {status.signal_name}"
         else:
             event, error = Event.EXITED_ERROR, f"exited with status {status.code}"
+        if proc.managed is not None:
+            outcome = self.managing.run_ended(proc, child, status, event, error)
+            if outcome is True:   # the record goes on: its next run is scheduled
+                self._sweep(child)
+                return
+            if isinstance(outcome, str):
+                event, error = Event.EXITED_ERROR, outcome
         self.finish(proc, event, status=status, error=error)
+        self._sweep(child)
+
+    def _sweep(self, child: Child) -> None:
+        """Stop what an exited leader left in its process group."""
         if oskit.group_has_members(child.pid):
             self.tasks.spawn(self.trees.sweep(child))
 

@@ -6,6 +6,9 @@
   full, the write waits, up to its timeout (then 503, saying how much went in).
   One lock per process keeps concurrent writes from interleaving. A process being
   stopped takes no more input; an adopted one (its keeper was killed) has none.
+  A process started with ``tty`` has the terminal as stdin: a write is keystrokes
+  (the keeper writes them to the pty master), and :meth:`Stdio.resize` sets its
+  window size.
 * **Output** is read through :class:`~daemon.output.OutputReader` (bounded
   chunks, off the loop). The keeper writes the files and enforces
   ``max_output_bytes`` as it writes (keeper/pump.py); a reader finds the first
@@ -69,6 +72,23 @@ class Stdio:
             await self._keeper.close_stdin(process_id)
         except (NoSuchChild, StdinClosed, KeeperGone):
             pass   # it ended, or its end was closed already: closed either way
+
+    # --- terminals -------------------------------------------------------------------
+
+    async def resize(self, process_id: int, rows: int, cols: int) -> Process:
+        """Resize a running record's terminal; the record, its ``tty`` replaced (not mutated:
+        snapshots share it)."""
+        proc = self._table.get(process_id)
+        if proc is None or proc.state not in SIGNALLABLE or self._children.get(process_id) is None:
+            raise Conflict(f"process {process_id} is not running")
+        if proc.tty is None:
+            raise Conflict(f"process {process_id} has no terminal (it was not started with tty)")
+        try:
+            await self._keeper.resize(process_id, rows, cols)
+        except (NoSuchChild, KeeperGone, StdinClosed):
+            raise Conflict(f"process {process_id} is not running on its terminal") from None
+        proc.tty = {"rows": rows, "cols": cols}
+        return proc
 
     def _stdin_child(self, process_id: int) -> Child:
         proc = self._table.get(process_id)

@@ -130,6 +130,8 @@ class Terminating:
             sig = signal.SIGKILL
         before = _StopFields.of(proc)
         child = self._children.get(proc.id)
+        if proc.managed is not None:
+            runner.managing.stopping(proc)   # no next run: the end is for good
         self._table.apply(proc, Event.KILL if reason is StopReason.KILL else Event.EXPIRE)
         proc.stop_reason, proc.stop_requested_at = reason, now_iso()
         proc.stop_grace, proc.stop_signal = grace, oskit.signal_name(sig)

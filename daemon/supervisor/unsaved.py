@@ -46,7 +46,8 @@ RETRY_MAX = 2.0       # the backoff stops growing here: a recovered disk is noti
 MUTABLE_COLUMNS = (
     "state", "exit_state", "error", "started_at", "completed_at", "pid", "pid_start_time",
     "boot_id", "exit_code", "exit_signal", "stop_reason", "stop_requested_at", "stop_grace",
-    "stop_signal", "stdout_dropped", "stderr_dropped",
+    "stop_signal", "stdout_dropped", "stderr_dropped", "lease", "lease_expires_at",
+    "tty",
 )
 
 

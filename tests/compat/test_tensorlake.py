@@ -49,9 +49,11 @@ async def test_delete_404_with_code(client: Any, stranger: Any) -> None:
 
 
 async def test_delete_bad_pid_is_400_with_code(client: Any) -> None:
-    response = await client.delete("/api/v1/processes/abc")
+    response = await client.delete(f"/api/v1/processes/{'9' * 11}")   # no int32
     assert response.status == 400
     assert set(await response.json()) == {"error", "code"}
+    response = await client.delete("/api/v1/processes/abc")   # a name, and no process has it
+    assert response.status == 404 and (await response.json())["code"] == "not_found"
 
 
 async def test_signal_200_delivers_it_and_state_is_unchanged(client: Any) -> None:

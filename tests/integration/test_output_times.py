@@ -156,6 +156,22 @@ async def test_tensorlake_line_timestamps_are_arrival_times(client: Any) -> None
         index.time_of(5), index.time_of(10), index.time_of(14)]
 
 
+async def test_a_tensorlake_follower_stamps_what_later_readers_stamp(client: Any) -> None:
+    record = await start(client, argv=TWO_PARTS, stdin="pipe")
+    response = await client.get(f"/api/v1/processes/{record['pid']}/stdout/follow")
+    assert response.status == 200
+    first = b""
+    while b"\n\n" not in first:
+        first += await response.content.readany()
+    await client.post(f"/processes/{record['id']}/stdin", data=b"go\n",
+                      headers={"Content-Type": "application/octet-stream"})
+    events = _sse(first + await response.read())
+    index = _index(client, record["id"])
+    assert [(data.get("line"), data.get("timestamp")) for _, data in events] == [
+        ("early", index.time_of(5)), ("late", index.time_of(10)), ("tail", index.time_of(14)),
+        (None, None)]
+
+
 async def test_tensorlake_timestamps_without_an_index_are_when_sent(client: Any) -> None:
     record, _ = await _two_parts(client)
     os.unlink(_stream_path(client, record["id"]) + ".idx")

@@ -31,7 +31,7 @@ async def test_every_answer_names_stablehand(make_daemon: Any) -> None:
             ("GET", "/openapi.json", AUTH, 200),
             ("GET", "/processes", {}, 401),
             ("GET", "/no/such/route", AUTH, 404),
-            ("POST", "/processes/abc/signals/kill", AUTH, 400),
+            ("POST", "/processes/0/signals/kill", AUTH, 400),
             ("POST", "/processes/7/signals/kill", AUTH, 404),
             ("POST", "/processes/7/signals/kill", AUTH, 429)):
         response = await client.request(method, path, headers=headers, json={} if method == "POST" else None)

@@ -72,7 +72,7 @@ async def test_spawn_failures_say_why(start_keeper: Any, connect: Any, tmp_path:
         await client.spawn(1, ["/no/such/program"], ENV)
     with pytest.raises(SpawnFailed, match="cannot change to directory"):
         await client.spawn(2, ["true"], ENV, cwd=str(tmp_path / "missing"))
-    with pytest.raises(KeeperError, match="not supported yet"):
+    with pytest.raises(KeeperError, match="tty rows and cols"):
         await client.spawn(3, ["true"], ENV, tty={"rows": 24})
     await client.spawn(4, ["sleep", "100"], ENV, stdout="discard", stderr="discard")
     with pytest.raises(KeeperError, match="in use") as info:

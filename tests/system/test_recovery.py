@@ -104,10 +104,11 @@ def test_children_that_exit_while_down_are_recorded(daemon: Any) -> None:
     os.kill(stopping["pid"], signal.SIGKILL)
     wait_for(lambda: not alive(stopping["pid"]))
     d.start()
-    # The keeper reaped both and journalled their exits: recorded exactly.
-    _, after = call(d, "GET", f"/processes/{short['id']}")
+    # The keeper reaped both and journalled their exits: recorded exactly (an exit the
+    # keeper had not reaped yet when the daemon came back arrives just after).
+    _, after = call(d, "GET", f"/processes/{short['id']}/wait?timeout=10")
     assert (after["state"], after["exitState"], after["exitCode"]) == ("idle", "failed", 4)
-    _, after = call(d, "GET", f"/processes/{stopping['id']}")
+    _, after = call(d, "GET", f"/processes/{stopping['id']}/wait?timeout=10")
     assert (after["state"], after["exitState"], after["exitSignal"]) == ("idle", "failed", "SIGKILL")
 
 

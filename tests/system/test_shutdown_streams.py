@@ -124,8 +124,14 @@ def test_streams_end_properly_when_a_detaching_daemon_stops(daemon: Any) -> None
     d = daemon("--shutdown", "detach").start()      # the children outlive the daemon
     sh = Client(socket_path=d.socket_path)
     child = sh.start(["sh", "-c", "echo started; exec sleep 60"])
+    stubborn = sh.start(IGNORE_TERM)
+    wait_for(lambda: b"ready" in sh.output(stubborn["id"]), what="the SIGTERM handler")
     wait = Stream(d, f"/processes/{child['id']}/wait?timeout=600")
     wait.start()
+    graceful = Stream(d, f"/api/process/terminate-gracefully/{stubborn['pid']}", "POST",
+                      {"timeout": 600})                # seed 000: answers once the tree is gone
+    graceful.start()
+    wait_for(lambda: sh.get(stubborn["id"])["state"] == "terminating", what="the 000 stop")
     follow = Stream(d, f"/processes/{child['id']}/output?follow=1&timestamps=1")
     events = Stream(d, "/events")
     tl_follow = Stream(d, f"/api/v1/processes/{child['pid']}/output/follow")
@@ -138,6 +144,7 @@ def test_streams_end_properly_when_a_detaching_daemon_stops(daemon: Any) -> None
     tl_follow.until(b'"line":"started"')
     run.until(b'"line":"ran"')
     ran_pid = json.loads(run.data.split(b"data: ", 1)[1].split(b"\n", 1)[0])["pid"]
+    pids = [child["pid"], stubborn["pid"], ran_pid]
     try:
         assert d.stop() == 0
         assert follow.result().endswith(b" started\n")          # the final chunk: a proper end
@@ -149,9 +156,13 @@ def test_streams_end_properly_when_a_detaching_daemon_stops(daemon: Any) -> None
         assert "exit" not in run_events
         wait.result()
         assert (wait.status, json.loads(wait.data)) == (503, {"error": "the daemon is shutting down"})
-        assert alive(child["pid"]) and alive(ran_pid)            # detached, not stopped
+        graceful.result()                                        # its own failure body, at once
+        answer = json.loads(graceful.data)
+        assert graceful.status == 400 and answer["success"] is False
+        assert answer["error"].startswith("the daemon is shutting down: process ")
+        assert all(alive(pid) for pid in pids)                   # detached, not stopped
         assert "Error handling request" not in d.log() and "Traceback" not in d.log()
     finally:
-        for pid in (child["pid"], ran_pid):
+        for pid in pids:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)

@@ -101,4 +101,5 @@ def test_every_option_has_help_and_times_say_their_unit() -> None:
             if action.dest in ("timeout", "grace"):
                 assert "second" in action.help, (name, action.dest)
         with_json = any("--json" in action.option_strings for action in parser._actions)
-        assert with_json == (name in ("run", "ps", "show", "kill", "stop", "wait", "events")), name
+        assert with_json == (name in ("run", "ps", "show", "kill", "stop", "wait", "events",
+                                        "restart", "runs")), name

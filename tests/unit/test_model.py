@@ -37,6 +37,7 @@ EXPECTED = {
     (State.RUNNING, Event.EXPIRE): (State.TERMINATING, None),
     (State.TERMINATING, Event.STOPPED_AFTER_KILL): (State.IDLE, ExitState.CANCELED),
     (State.TERMINATING, Event.STOPPED_AFTER_EXPIRE): (State.IDLE, ExitState.TIMEOUT),
+    (State.RUNNING, Event.RUN_ENDED): (State.RUNNING, None),   # a managed run ends; the next is due
 }
 
 

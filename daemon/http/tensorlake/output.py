@@ -3,9 +3,10 @@
 ``.../output`` is the stdout lines followed by the stderr lines: the two streams
 are captured in separate files. A followed line's ``timestamp`` is when it
 arrived, from the keeper's arrival index (:mod:`daemon.output_times`: the time
-of the first index record at or past the line's end, 10 ms resolution); a line
-the index does not cover yet, or one of a stream without an index, gets the
-time it is sent, as before the index existed. Within a follow of both streams
+of the first index record at or past the line's end, 10 ms resolution). A line
+read before its record is written waits for it (up to STAMP_HOLD); a line of a
+stream without an index (or whose record never came) gets the time it is sent,
+as before the index existed. Within a follow of both streams
 each stream's lines are in order; the two are sent as they are read.
 
 When the daemon's shutdown ends a follow (the process goes on: see
@@ -15,6 +16,7 @@ When the daemon's shutdown ends a follow (the process goes on: see
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -28,6 +30,8 @@ from . import wire
 
 routes = web.RouteTableDef()
 POLL = 0.02                 # seconds between looks at a followed process's files
+STAMP_HOLD = 0.25           # seconds lines may wait for their index record (see LineReader.stamped)
+INDEX_WAIT = 0.01           # seconds between looks at the index while waiting (the keeper's interval)
 MAX_LINE = 1024 * 1024      # bytes; a longer line is delivered as several lines
 STREAM_NAMES = ("stdout", "stderr", "output")
 
@@ -49,6 +53,7 @@ class LineReader:
         self.reader, self.stream, self.times = reader, stream, times
         self.offset = 0
         self.partial = b""
+        self.patient = True     # waits for index records (see stamped)
 
     async def batches(self, final: bool = False, end: int | None = None) -> AsyncIterator[list[Line]]:
         """The lines available now (up to byte ``end`` if given), one chunk's worth at a time;
@@ -80,13 +85,26 @@ class LineReader:
             self.partial = b""
 
     async def stamped(self, batch: list[Line]) -> list[tuple[str, int]]:
-        """The batch's lines with their arrival times (unix ms; see the module doc)."""
+        """The batch's lines with their arrival times (unix ms; see the module doc).
+
+        The keeper writes a line's index record within its 10 ms interval, often
+        just after the bytes: lines read before their record wait for it (up to
+        STAMP_HOLD, once: a keeper that stopped indexing is not waited for again),
+        so a follower stamps what later readers stamp.
+        """
         times = self.times
         if times is None:
             now = wire.now_ms()
             return [(text, now) for text, _ in batch]
         if batch and batch[-1][1] > times.last_end:
             await times.refresh()          # only the records appended since the last look
+            deadline = asyncio.get_running_loop().time() + STAMP_HOLD
+            while self.patient and times.present and batch[-1][1] > times.last_end:
+                if asyncio.get_running_loop().time() >= deadline:
+                    self.patient = False
+                    break
+                await asyncio.sleep(INDEX_WAIT)
+                await times.refresh()
         now = wire.now_ms()
         stamped = []
         for text, line_end in batch:
@@ -143,7 +161,7 @@ async def output(request: web.Request) -> web.StreamResponse:
     try:
         if not await streaming.begin(request, response):
             return response
-        await response.write(b'{"pid":' + dumps_bytes(record.pid) + b',"lines":[')
+        await response.write(b'{"pid":' + dumps_bytes(wire.pid_of(record)) + b',"lines":[')
         for reader, end in zip(readers, ends, strict=True):
             async for batch in reader.batches(final=True, end=end):
                 encoded = dumps_bytes([text for text, _ in batch])[1:-1]  # comma separated

@@ -50,7 +50,7 @@ async def run(request: web.Request) -> web.StreamResponse:
     try:
         await response.prepare(request)
         started = wire.ms(record.started_at) or wire.now_ms()
-        await response.write(streaming.event("started", {"handle": record.id, "pid": record.pid,
+        await response.write(streaming.event("started", {"handle": record.id, "pid": wire.pid_of(record),
                                                          "started_at": started}))
         rounds = streaming.Follow(request, supervisor, record.id, POLL)
         async for stream, batch in follow_lines(rounds, ("stdout", "stderr")):
