@@ -65,6 +65,10 @@ FIGURES: dict[str, list[tuple[str, Getter, bool]]] = {
            ("B8 /healthz p99 ms", lambda r: r["b8"]["kept"]["healthz_p99_ms"], False),
            ("B8+ disk peak MiB", lambda r: max(r["b8"]["capped"]["disk_peak"].values()) / (1 << 20), False),
            ("B8+ /healthz p99 ms", lambda r: r["b8"]["capped"]["healthz_p99_ms"], False)],
+    "B9": [("B9 core, managed", lambda r: r["b9"]["managed"]["core"], False),
+           ("B9 core, unmanaged", lambda r: r["b9"]["floor"]["core"], False),
+           ("B9 core, difference", lambda r: r["b9"]["managed"]["core"] - r["b9"]["floor"]["core"], False),
+           ("B9 /healthz p99 ms", lambda r: r["b9"]["managed"]["healthz_p99_ms"], False)],
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import capture, keeper
+from bench import capture, keeper, managed
 from bench.sizes import Sizes
 
 
@@ -52,6 +52,10 @@ def rows(r: dict[str, Any], sizes: Sizes, cases: frozenset[str]) -> tuple[list[t
         b8_rows, b8_notes = capture.report_rows(r["b8"])
         out += b8_rows
         notes += b8_notes
+    if "B9" in cases:
+        b9_rows, b9_notes = managed.report_rows(r["b9"])
+        out += b9_rows
+        notes += b9_notes
     return out, notes
 
 

@@ -3,7 +3,8 @@ loopback HTTP, as a client would.
 
 Every figure is printed beside the raw limit measured in the same run (asyncio
 spawn/kill of the same children with a pidfd watcher, in a separate process;
-a bare aiohttp handler for request rates; ``head -c N > file`` for capture).
+a bare aiohttp handler for request rates; ``head -c N > file`` for capture;
+the same daemon with unmanaged children for B9's health checks).
 ``--quick`` shrinks every size so the smoke test can run it in seconds; its
 figures mean nothing. ``--cases`` runs only the workloads named (and the floors
 they are read against); ``python -m bench.ab`` uses it to compare two revisions.
@@ -27,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import capture, keeper, report, workloads
+from bench import capture, keeper, managed, report, workloads
 from bench.harness import CLIENTS, Daemon, free_port, pool, timed, wait_http
 from bench.sizes import CASES, QUICK, Sizes, parse_bytes, parse_cases
 
@@ -80,6 +81,8 @@ async def bench(sizes: Sizes, workdir: Path, cases: frozenset[str] = frozenset(C
                     session, daemon, workdir / "empty")
     finally:
         daemon.stop()
+    if "B9" in cases:   # before B8: its gigabyte's writeback must not land in B9's windows
+        results["b9"] = await managed.b9(workdir, sizes.managed, sizes.managed_seconds)
     if "B8" in cases:
         results["b8"] = await capture.b8(workdir, sizes.capture_bytes, sizes.capture_cap)
     return results

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-CASES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8")
+CASES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9")
 
 
 @dataclass(frozen=True)
@@ -20,10 +20,12 @@ class Sizes:
     rounds: int = 3
     capture_bytes: int = 1 << 30     # B8: what `head -c` writes
     capture_cap: int = 4 << 20       # B8+: max_output_bytes
+    managed: int = 200               # B9: managed processes (and the floor's unmanaged ones)
+    managed_seconds: float = 10.0    # B9: each CPU window
 
 
 QUICK = Sizes(children=10, churn=40, raw_churn=20, latency_reps=5, read_seconds=0.5, records=2000,
-              memory_children=20, rounds=1, capture_bytes=16 << 20)
+              memory_children=20, rounds=1, capture_bytes=16 << 20, managed=20, managed_seconds=3.0)
 
 
 def parse_cases(text: str) -> frozenset[str]:

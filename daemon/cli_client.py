@@ -1,5 +1,6 @@
-"""The CLI's client commands: run, ps, show, kill, stop, signal, logs, wait, events, rm, token
-(and, from :mod:`daemon.cli_managed`, apply, restart, runs).
+"""The CLI's client commands: run, ps, show, kill, signal, logs, wait, events, rm, token
+(and, from :mod:`daemon.cli_managed`, apply, restart, runs; from :mod:`daemon.cli_stop`,
+stop, of one process or many).
 
 Over TCP the commands find the daemon's token by themselves (``--token-file``,
 $STABLEHAND_TOKEN_FILE, $STABLEHAND_TOKEN, else the daemon's ``<state dir>/token``
@@ -36,6 +37,7 @@ from .cli_format import ps_table, show_view
 from .cli_managed import COMMANDS as MANAGED_COMMANDS
 from .cli_managed import add_managed_commands, add_run_options, id_or_name, run_managed, run_options
 from .cli_mcp import add_mcp_command
+from .cli_stop import add_stop_command, run_stop
 from .cli_stream import (
     EX_UNAVAILABLE,
     attach,
@@ -82,12 +84,7 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     sub.add_parser("rm", parents=[common], help="forget an idle process and its output"
                    ).add_argument("id", type=id_or_name, metavar="ID", help=ID_HELP)
 
-    stop = sub.add_parser("stop", parents=[common, as_json],
-                          help="graceful stop with a chosen signal and grace, then SIGKILL")
-    stop.add_argument("id", type=id_or_name, metavar="ID", help=ID_HELP)
-    stop.add_argument("--grace", type=float, metavar="SECONDS",
-                      help="seconds between the signal and SIGKILL (default: the process's own)")
-    stop.add_argument("--signal", metavar="SIGNAL", help="the first signal, e.g. SIGINT (default SIGTERM)")
+    add_stop_command(sub, common, as_json, ID_HELP)
 
     sig = sub.add_parser("signal", parents=[common], help="deliver a signal (state unchanged)")
     sig.add_argument("id", type=id_or_name, metavar="ID", help=ID_HELP)
@@ -270,9 +267,10 @@ def _dispatch(args: argparse.Namespace, client: Client) -> int:
         else:
             print(show_view(record, dt.datetime.now(dt.UTC)))
         return 0
-    if command in ("kill", "stop"):
-        record = client.kill(args.id) if command == "kill" else \
-            client.stop(args.id, grace=args.grace, signal=args.signal)
+    if command == "stop":
+        return run_stop(args, client)
+    if command == "kill":
+        record = client.kill(args.id)
         if args.json:
             _print_json(record)
         else:

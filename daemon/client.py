@@ -33,6 +33,7 @@ from typing import Any
 
 from .client_async import AsyncClient
 from .client_transport import (
+    MAX_GRACE,
     START_HINT,
     ApiError,
     ConnectionFailed,
@@ -43,6 +44,7 @@ from .client_transport import (
     poll_body,
     segment,
     start_body,
+    stop_many_body,
 )
 
 __all__ = ["START_HINT", "ApiError", "AsyncClient", "Client", "ConnectionFailed", "StreamBroken",
@@ -164,8 +166,28 @@ class Client:
     def get(self, process_id: int | str) -> dict[str, Any]:
         return self._record("GET", f"/processes/{segment(process_id)}")
 
-    def kill(self, process_id: int | str) -> dict[str, Any]:
-        return self._record("POST", f"/processes/{segment(process_id)}/signals/kill", {})
+    def kill(self, process_id: int | str, wait: float | None = None) -> dict[str, Any]:
+        """Stop it: SIGTERM to its tree, SIGKILL after its grace. The record as the kill left
+        it; with ``wait`` (seconds, up to 3600) the idle record once the tree is gone, in the
+        same request, or the record as it is when ``wait`` passed first."""
+        if wait is None:
+            return self._record("POST", f"/processes/{segment(process_id)}/signals/kill", {})
+        record: dict[str, Any] = self.request(
+            "POST", f"/processes/{segment(process_id)}/signals/kill?wait={wait:g}", {}, ok=(408,),
+            timeout=wait + 30)[1]
+        return record
+
+    def stop_many(self, *, ids: Sequence[int] | None = None, ref: str | None = None,
+                  state: str | None = None, grace: float | None = None) -> builtins.list[dict[str, Any]]:
+        """Stop every process one selector names (``ids``; the live ones carrying ``ref``;
+        those in ``state``, "running" or "queued") at once, and return their records once
+        all are idle (a record still not idle means its tree outlived SIGKILL). ``grace``
+        replaces each one's own. Unknown ids raise ApiError 404 and stop nothing."""
+        body = stop_many_body(ids, ref, state, grace)
+        waits = (grace if grace is not None else MAX_GRACE) + 60   # the daemon's own bound + slack
+        records: list[dict[str, Any]] = self.request("POST", "/processes/stop", body, ok=(408,),
+                                                     timeout=waits)[1]["processes"]
+        return records
 
     def stop(self, process_id: int | str, grace: float | None = None,
              signal: str | int | None = None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .client_transport import (
+    MAX_GRACE,
     START_HINT,
     ApiError,
     ConnectionFailed,
@@ -19,6 +20,7 @@ from .client_transport import (
     poll_body,
     segment,
     start_body,
+    stop_many_body,
 )
 
 
@@ -45,10 +47,13 @@ class AsyncClient:
         await self._session.close()
 
     async def request(self, method: str, path: str, body: Any = None,
-                      ok: Sequence[int] = ()) -> tuple[int, Any]:
+                      ok: Sequence[int] = (), timeout: float | None = None) -> tuple[int, Any]:
+        """One call; ``timeout``: the whole call's, in seconds, instead of the session's."""
         import aiohttp
+        options = {} if timeout is None else {"timeout": aiohttp.ClientTimeout(total=timeout)}
         try:
-            async with self._session.request(method, self.base + path, json=body) as response:
+            async with self._session.request(method, self.base + path, json=body,
+                                             **options) as response:
                 payload = await response.read()
                 data = json.loads(payload) if response.content_type == "application/json" and payload \
                     else payload
@@ -76,10 +81,25 @@ class AsyncClient:
         record: dict[str, Any] = await self._record("GET", f"/processes/{segment(process_id)}")
         return record
 
-    async def kill(self, process_id: int | str) -> dict[str, Any]:
-        record: dict[str, Any] = await self._record(
-            "POST", f"/processes/{segment(process_id)}/signals/kill", {})
+    async def kill(self, process_id: int | str, wait: float | None = None) -> dict[str, Any]:
+        """As :meth:`Client.kill`: with ``wait``, the idle record in the same request."""
+        path = f"/processes/{segment(process_id)}/signals/kill"
+        if wait is None:
+            record: dict[str, Any] = await self._record("POST", path, {})
+        else:
+            record = (await self.request("POST", f"{path}?wait={wait:g}", {}, ok=(408,),
+                                         timeout=wait + 30))[1]
         return record
+
+    async def stop_many(self, *, ids: Sequence[int] | None = None, ref: str | None = None,
+                        state: str | None = None, grace: float | None = None
+                        ) -> list[dict[str, Any]]:
+        """As :meth:`Client.stop_many`."""
+        body = stop_many_body(ids, ref, state, grace)
+        answer = (await self.request("POST", "/processes/stop", body, ok=(408,),
+                                     timeout=(grace if grace is not None else MAX_GRACE) + 60))[1]
+        records: list[dict[str, Any]] = answer["processes"]
+        return records
 
     async def restart(self, process_id: int | str) -> dict[str, Any]:
         record: dict[str, Any] = await self._record(

@@ -6,8 +6,8 @@ their re-exports: the errors (:class:`ApiError`, :class:`ConnectionFailed`,
 :class:`StreamBroken`) with :data:`START_HINT`, the default target
 (:func:`default_target`), the token (:func:`find_token`) and the HTTP
 connection over a Unix socket (:class:`UnixConnection`), and the paths and
-bodies both clients send (:func:`segment`, :func:`start_body`, :func:`poll_body`:
-snake_case options become the API's camelCase). Standard library
+bodies both clients send (:func:`segment`, :func:`start_body`, :func:`poll_body`,
+:func:`stop_many_body`: snake_case options become the API's camelCase). Standard library
 only, like the synchronous client: importing it loads neither aiohttp, nor the
 output store, nor structlog.
 
@@ -130,3 +130,16 @@ def start_body(argv: Sequence[str] | None, command: str | None, name: str | None
                "ready": camel(ready)}
     body.update({k: v for k, v in managed.items() if v is not None})
     return body
+
+
+# How long a bulk stop may take at most: the API's largest grace; the daemon answers within
+# that + its SIGKILL wait, so the clients wait that long + a margin for the answer.
+MAX_GRACE = 86400.0
+
+
+def stop_many_body(ids: Sequence[int] | None, ref: str | None, state: str | None,
+                   grace: float | None) -> dict[str, Any]:
+    """The body of ``POST /processes/stop``: the one selector given (the daemon answers 400
+    unless exactly one is), and ``grace`` if given."""
+    values = {"ids": None if ids is None else list(ids), "ref": ref, "state": state, "grace": grace}
+    return {k: v for k, v in values.items() if v is not None}

@@ -161,7 +161,7 @@ def check_name(name: Any) -> str:
         name.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("name must be valid UTF-8") from None
-    if name.isdigit():
+    if name.isascii() and name.isdigit():
         raise ValueError("name must not be all digits (it would read as an id or a pid)")
     return name
 

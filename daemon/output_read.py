@@ -87,18 +87,23 @@ def _first_kept(path: str) -> int:
     except FileNotFoundError:
         return 0
     try:
-        return _data_start(fd, 0)
+        return _data_start(fd, 0, os.fstat(fd).st_size)
     finally:
         os.close(fd)
 
 
-def _data_start(fd: int, offset: int) -> int:
-    """The first offset >= ``offset`` that holds data (the keeper punches the dropped head)."""
+def _data_start(fd: int, offset: int, size: int) -> int:
+    """The first offset >= ``offset`` that holds data (the keeper punches the dropped head).
+
+    ``size`` is the file's size as the caller read it: when all from ``offset`` on is
+    hole, the answer is that size, never a newer one (bytes the keeper appended since
+    are data a later read must still return).
+    """
     try:
         return os.lseek(fd, offset, os.SEEK_DATA)
     except OSError as exc:
-        if exc.errno == errno.ENXIO:   # nothing but hole from there to the end
-            return max(offset, os.fstat(fd).st_size)
+        if exc.errno == errno.ENXIO:   # nothing but hole from there to that size
+            return max(offset, size)
         if exc.errno == errno.EINVAL:  # no SEEK_DATA here: no holes either
             return offset
         raise
@@ -122,11 +127,11 @@ def _pread(path: str, offset: int, limit: int) -> tuple[int, bytes]:
         size = os.fstat(fd).st_size
         if offset >= size or limit <= 0:
             return offset, b""
-        start = _data_start(fd, offset)
+        start = _data_start(fd, offset, size)
         if start >= size:
             return start, b""
         data = os.pread(fd, min(limit, size - start), start)
-        kept = _data_start(fd, start)
+        kept = _data_start(fd, start, size)
         if kept > start:
             data, start = data[kept - start:], kept
         return start, data

@@ -102,13 +102,25 @@ def _error(request: web.Request, failure: Exception) -> web.StreamResponse:
         message = {404: f"no route for {request.path}",
                    405: f"method {request.method} is not allowed on {request.path}",
                    413: "request body is too large"}.get(exc.status, exc.reason)
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        headers = {"Allow": _allowed(request, exc.headers["Allow"])} if "Allow" in exc.headers \
+            else None
         return error_response(request, exc.status, message, headers=headers)
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("http.unhandled", method=request.method, path=request.path)
         return error_response(request, 500, "internal error")
+
+
+def _allowed(request: web.Request, allow: str) -> str:
+    """A 405's ``Allow``. aiohttp's unites the methods of every resource the path matches,
+    but a concrete path (``/processes/stop``: POST) comes before a templated one it also
+    matches (``/processes/{id}``: GET, DELETE), as in OpenAPI's matching: the concrete
+    path's own methods are what is allowed on it."""
+    for resource in request.app.router.resources():
+        if isinstance(resource, web.PlainResource) and resource.canonical == request.path:
+            return ",".join(sorted({route.method for route in resource}))
+    return allow
 
 
 def _socket_of(request: web.BaseRequest) -> socket.socket | None:

@@ -250,7 +250,8 @@ def number(value: Any, field: str, *, minimum: float = 0.0, maximum: float,
     return float(value)
 
 
-def query_number(request: web.Request, name: str, default: float | None, *, maximum: float) -> float | None:
+def query_number(request: web.Request, name: str, default: float | None, *, maximum: float,
+                 allow_zero: bool = True) -> float | None:
     text = request.query.get(name)
     if text is None:
         return default
@@ -258,7 +259,7 @@ def query_number(request: web.Request, name: str, default: float | None, *, maxi
         value = float(text) if len(text) <= 64 else math.inf
     except ValueError:
         raise BadRequest(f"query parameter '{name}' must be a number") from None
-    return number(value, name, maximum=maximum)
+    return number(value, name, maximum=maximum, allow_zero=allow_zero)
 
 
 def string(value: Any, field: str, *, allow_empty: bool = False, max_length: int = 1 << 16) -> str:

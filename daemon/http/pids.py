@@ -30,7 +30,7 @@ async def process_id(request: web.Request, *, unknown_is_bad_id: bool = False) -
     400 for an id path parameter that is not a number. A segment that cannot be a name
     (it holds '%', a control character...) is a 400 everywhere."""
     text = request.match_info["id"]
-    if text.isdigit() or not text:
+    if (text.isascii() and text.isdigit()) or not text:
         return parse.path_id(request)
     try:
         name = check_name(text)

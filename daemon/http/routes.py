@@ -1,6 +1,24 @@
-"""Native API routes (Cyrnel's paths): start, list, get, kill, wait, health.
+"""Native API routes (Cyrnel's paths): start, list, get, kill, wait, health, and the bulk stop.
 
 Handlers only parse, call the supervisor, and render records as camelCase JSON.
+
+Issue 21 adds two ways to stop without a second request for the wait:
+
+* ``POST /processes/{id}/signals/kill?wait=S`` (0 < S <= 3600) stops as the plain kill
+  does, then answers as ``GET /processes/{id}/wait?timeout=S`` would: 200 with the idle
+  record once the whole tree is gone, 408 with the record as it is when S runs out (the
+  stop goes on). Without ``wait`` the route is seed 004's, answers unchanged; with it
+  the kill's own answers come first (400, 404, 409 for a record already idle or
+  terminating: ``wait`` waits for the stop this request makes, not for another's).
+* ``POST /processes/stop`` ``{"ids": [...]}`` | ``{"ref": R}`` | ``{"state": "running" |
+  "queued"}`` (exactly one; ``grace`` optional) stops every match at once and answers
+  200 ``{"processes": [...]}`` once all are idle (supervisor/bulk.py has the rules: an
+  empty list when nothing matches, a 404 naming the first unknown id before anything is
+  stopped, idle ids as they are; 408 with the records as they are in the rare case a
+  tree outlives its SIGKILL). The path cannot clash with ``/processes/{id}``: that
+  resource has GET and DELETE only, and aiohttp tries the plain path first and falls
+  through to it on other methods, so a process named "stop" is still read and deleted
+  by name; no route takes POST on ``/processes/{id}``.
 """
 
 from __future__ import annotations
@@ -13,7 +31,9 @@ from aiohttp import web
 from ..errors import BadRequest
 from ..managed import check_name, spec_from_wire
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ..model import ExitState, StartSpec, State
+from ..model import ExitState, Process, StartSpec, State
+from ..supervisor import Supervisor
+from ..supervisor.bulk import MAX_IDS
 from . import agents, parse, pids, streaming, terminal
 from .jsonio import json_response
 from .keys import supervisor_of
@@ -28,6 +48,8 @@ MAX_GRACE = 86400.0
 MAX_WAIT = 3600.0
 DEFAULT_WAIT = 30.0
 MAX_LIST = 1000
+STOP_FIELDS = frozenset({"ids", "ref", "state", "grace"})
+STOP_STATES = {State.RUNNING.value: State.RUNNING, State.QUEUED.value: State.QUEUED}
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
@@ -106,6 +128,48 @@ async def create_process(request: web.Request) -> web.Response:
     return json_response(result.record.to_json() | {"poll": result.to_json()}, status=status)
 
 
+def stop_selector(body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a POST /processes/stop body into Supervisor.stop_many's keywords (a null
+    selector counts as absent); BadRequest names the field."""
+    unknown = sorted(set(body) - STOP_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown field '{unknown[0]}'")
+    given = [key for key in ("ids", "ref", "state") if body.get(key) is not None]
+    if len(given) != 1:
+        raise BadRequest("exactly one of 'ids', 'ref' or 'state' is required")
+    grace = body.get("grace")
+    selector: dict[str, Any] = {
+        "grace": None if grace is None else parse.number(grace, "grace", maximum=MAX_GRACE)}
+    if given == ["ids"]:
+        ids = body["ids"]
+        if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_IDS:
+            raise BadRequest(f"'ids' must be an array of 1 to {MAX_IDS} process ids")
+        for index, value in enumerate(ids):
+            value = ids[index] = parse.integral(value)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= parse.MAX_ID:
+                raise BadRequest(f"'ids[{index}]' must be a process id: an integer from 1 to "
+                                 f"{parse.MAX_ID}")
+        selector["ids"] = ids
+    elif given == ["ref"]:
+        selector["ref"] = parse.string(body["ref"], "ref", max_length=1024)
+    else:
+        state = STOP_STATES.get(body["state"]) if isinstance(body["state"], str) else None
+        if state is None:
+            raise BadRequest("'state' must be \"running\" or \"queued\"")
+        selector["state"] = state
+    return selector
+
+
+@routes.post("/processes/stop")
+async def stop_processes(request: web.Request) -> web.Response:
+    """The bulk stop (issue 21; see the module docstring and supervisor/bulk.py)."""
+    selector = stop_selector(await parse.json_object(request, required=True))
+    supervisor = supervisor_of(request)
+    records, done = await streaming.unless_closing(supervisor, supervisor.stop_many(**selector))
+    return json_response({"processes": [record.to_json() for record in records]},
+                         status=200 if done else 408)
+
+
 def _enum_query(request: web.Request, name: str, enum: type[State] | type[ExitState]) -> Any:
     text = request.query.get(name)
     if text is None:
@@ -164,10 +228,25 @@ _CAMEL = {"started_at": "startedAt", "ended_at": "endedAt", "exit_code": "exitCo
 
 @routes.post("/processes/{id}/signals/kill")
 async def kill_process(request: web.Request) -> web.Response:
+    """Seed 004's kill; with ``?wait=S`` also the wait (see the module docstring)."""
     process_id = await pids.process_id(request, unknown_is_bad_id=True)
     await parse.json_object(request)  # the payload is ignored; only object-ness is validated
-    record = await supervisor_of(request).stop(process_id)
-    return json_response(record.to_json())
+    wait = parse.query_number(request, "wait", None, maximum=MAX_WAIT, allow_zero=False)
+    supervisor = supervisor_of(request)
+    record = await supervisor.stop(process_id)
+    if wait is None:
+        return json_response(record.to_json())
+    record, done = await _waited(supervisor, process_id, wait)
+    return json_response(record.to_json(), status=200 if done else 408)
+
+
+async def _waited(supervisor: Supervisor, process_id: int, timeout: float | None
+                  ) -> tuple[Process, bool]:
+    """The record once idle (True) or when ``timeout`` passed (False); 503 once the daemon
+    begins to shut down, unless its shutdown ends this process: see streaming.py."""
+    waiting = supervisor.wait(process_id, timeout)
+    return await (streaming.unless_closing(supervisor, waiting, process_id)
+                  if supervisor.is_active(process_id) else waiting)
 
 
 @routes.get("/processes/{id}/wait")
@@ -176,10 +255,7 @@ async def wait_process(request: web.Request) -> web.Response:
     process (then the idle record, as usual): see streaming.py."""
     process_id = await pids.process_id(request)
     timeout = parse.query_number(request, "timeout", DEFAULT_WAIT, maximum=MAX_WAIT)
-    supervisor = supervisor_of(request)
-    waiting = supervisor.wait(process_id, timeout)
-    record, done = await (streaming.unless_closing(supervisor, waiting, process_id)
-                          if supervisor.is_active(process_id) else waiting)
+    record, done = await _waited(supervisor_of(request), process_id, timeout)
     return json_response(record.to_json(), status=200 if done else 408)
 
 

@@ -137,7 +137,14 @@ def _task_children(pid: int | str, tid: int | str) -> list[int]:
 
 
 def descendants(pid: int, not_before: int) -> list[ProcInfo]:
-    """Every descendant of ``pid`` by parent links, started no earlier than ``not_before`` ticks."""
+    """Every descendant of ``pid`` by parent links, started no earlier than ``not_before`` ticks.
+
+    ``pid`` must still be the process that started at ``not_before`` (checked before
+    and after the walk): a recycled pid's children are a stranger's. Nothing when the
+    start ticks are unknown (negative).
+    """
+    if not_before < 0 or start_ticks(pid) != not_before:
+        return []
     found: list[ProcInfo] = []
     frontier = [pid]
     seen = {pid}
@@ -149,7 +156,7 @@ def descendants(pid: int, not_before: int) -> list[ProcInfo]:
             seen.add(child)
             found.append(info)
             frontier.append(child)
-    return found
+    return found if start_ticks(pid) == not_before else []
 
 
 def open_verified_pidfd(pid: int, ticks: int | None) -> int | None:

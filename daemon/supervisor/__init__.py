@@ -15,6 +15,7 @@ Inside, each module has one job:
 ``terminating.py``  kill, cancel, timeout: the way to idle through ``terminating``
 ``stopping.py``     a child's whole tree: walk, signal, orphans, wait it gone,
                     strays, unmanaged pids
+``bulk.py``         many stops in one request: select, stop in one pass, wait for all
 ``children.py``     kept and adopted children, how each ends, the marker every child carries
 ``reconcile.py``    start-up and a lost keeper: take up what still runs, settle the rest
 ``stdio.py``        stdin (through the keeper), output reads

@@ -13,6 +13,7 @@ import builtins
 import dataclasses
 import signal
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -26,6 +27,7 @@ from ..metrics import Metrics
 from ..model import ACTIVE, SETTLED, STOPPABLE, ExitState, Process, StartSpec, State, StopReason
 from ..output import OutputStore
 from ..registry import Registry
+from .bulk import BulkStops
 from .calls import ProcessCalls
 from .children import Markers, resolve, with_plain_env
 from .leases import Leases
@@ -66,6 +68,7 @@ class Supervisor(ProcessCalls):
         self._leases = Leases(runner)                 # issue 20: leases.py, polling.py
         self._listeners.append(self._leases.observe)
         self._polls = Polls(outputs)
+        self._bulk = BulkStops(runner, self._unsaved, registry)   # issue 21: bulk.py
 
     @property
     def _instance(self) -> str:
@@ -247,6 +250,15 @@ class Supervisor(ProcessCalls):
             if proc is None:
                 raise Conflict(f"process {process_id} is already idle")
         return await self._runner.terminating.stop(proc, grace, sig, escalate)
+
+    async def stop_many(self, *, ids: Sequence[int] | None = None, ref: str | None = None,
+                        state: State | None = None, grace: float | None = None
+                        ) -> tuple[builtins.list[Process], bool]:
+        """Stop every record that one selector names (``ids``; live ones carrying ``ref``;
+        live ones in ``state``) at once and wait for them all: the records once all are
+        idle (True), or as they are when the stops' time ran out (False). NotFound for an
+        unknown id, before anything is stopped. See bulk.py."""
+        return await self._bulk.stop(ids=ids, ref=ref, state=state, grace=grace)
 
     async def terminate(self, process_id: int, grace: float) -> tuple[Process, bool]:
         """Stop (SIGTERM, SIGKILL after ``grace``) and wait for the whole tree to go.

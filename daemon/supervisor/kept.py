@@ -15,11 +15,14 @@ in running.py and reconcile.py.
   :meth:`ready` (the start-up reconcile has read the keeper's listing), events are
   held back; afterwards they go to ``on_exit``. An exit is acknowledged
   (:meth:`ack_soon`, batched per turn of the loop) only once the record's end is
-  committed, so a daemon crash in between replays it.
-* **Signals** to a leader go through the keeper (:meth:`signal`): it holds
+  committed, so a daemon crash in between replays it. One exception: a managed
+  run's exit is acknowledged once its end is committed *or* kept unsaved, because
+  the keeper refuses the next run under the same id until then (managing.py).
+* **Signals** to a kept leader go through the keeper (:meth:`signal`): it holds
   the unreaped child's pidfd, so neither the signal nor its ``killpg`` can reach
-  a stranger. The daemon opens pidfds only for the other members of a tree
-  (verified by start ticks, stopping.py).
+  a stranger. The daemon opens pidfds, each checked against start ticks, for the
+  other members of a tree, for adopted leaders, and for a kept leader while the
+  keeper is gone (stopping.py).
 * **Loss.** If the connection drops (the keeper was killed), ``on_lost`` is called
   once; the supervisor then reconnects (a new keeper is started) and re-adopts
   (reconcile.py). A connection replaced by another daemon's is the same event.

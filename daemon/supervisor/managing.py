@@ -19,11 +19,15 @@ How a run ends, and what follows:
   while it backs off (the stop finds no child and ends the record canceled).
 
 The restart is the event ``RUN_ENDED`` in the transition table (running → running).
-Before the next run is spawned, the run's end and the managed state are committed
-and the keeper's exit acknowledged (the keeper refuses a spawn under an id whose
-exit it still holds). Backoff timers, probes and readiness waits are tasks and timer
-handles on the loop: nothing here blocks it. A daemon restart re-arms a backoff
-from ``nextRestartAt`` (reconcile.py) and takes up a run the keeper still holds.
+Before the next run's timer is armed, the run's end and the managed state are
+committed (or kept unsaved, if storage fails) and the keeper's exit acknowledged:
+the keeper refuses a spawn under an id whose exit it still holds, and a lost
+keeper is waited for. A spawn that fails for the keeper's reasons (lost, or the id
+still held) counts as a failed run and is retried after the backoff; a spawn the
+program itself refuses (not found, not executable) ends the record. Backoff
+timers, probes and readiness waits are tasks and timer handles on the loop:
+nothing here blocks it. A daemon restart re-arms a backoff from ``nextRestartAt``
+(reconcile.py) and takes up a run the keeper still holds.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from .. import oskit
 from ..errors import Conflict
 from ..keeper.client import KeeperError
-from ..managed import Health, ManagedState, Status
+from ..managed import Health, ManagedState, Policy, Status
 from ..model import Event, Process, State, iso_to_epoch, now_iso
 from ..output import OutputReader
 from ..registry import RegistryError
@@ -210,14 +214,43 @@ class Managing:
 
     async def _next_run(self, proc: Process, commit: asyncio.Future[None], from_keeper: bool,
                         delay: float) -> None:
+        """Once the run's end is committed (or kept unsaved: a run's exit is no promise to a
+        client), acknowledge its exit — the keeper refuses a spawn under an id whose exit it
+        still holds — and only then arm the next run's timer. A keeper lost meanwhile is
+        waited for (recovery replays the exit, which keeper_exit acknowledges too)."""
         try:
             await commit
-            if from_keeper:   # before the next spawn: the keeper holds the id until then
+        except RegistryError as exc:
+            self._log.warning("process.run_end_unsaved", process_id=proc.id, error=str(exc))
+        attempt = 0
+        while from_keeper and proc.state is State.RUNNING:
+            try:
                 await self._runner.keeper.ack(proc.id)
-        except (RegistryError, KeeperError) as exc:
-            self._log.warning("process.restart_delayed", process_id=proc.id, error=str(exc))
+                break
+            except KeeperError as exc:
+                attempt += 1
+                if attempt == 1:
+                    self._log.warning("process.restart_waits", process_id=proc.id, error=str(exc))
+                await asyncio.sleep(min(2.0, 0.1 * attempt))
         if proc.state is State.RUNNING and proc.id not in self._timers:
             self._timers[proc.id] = self._runner.loop.call_later(delay, self._start_next, proc)
+
+    def spawn_failed(self, proc: Process, reason: str) -> bool:
+        """A run could not be spawned for the keeper's reasons (lost, or still holding the id):
+        try again after the backoff, as after a failed run. False when the policy or the
+        count says the record should end instead."""
+        spec, state = proc.managed, proc.managed_state
+        if spec is None or state is None or spec.restart.policy is Policy.NEVER:
+            return False
+        limit = spec.restart.max_restarts
+        if limit is not None and state.restart_count >= limit:
+            return False
+        state.last_error = f"not started: {reason}"
+        state.restarts_in_a_row += 1
+        self._runner.table.apply(proc, Event.RUN_ENDED)
+        self._log.warning("process.spawn_retry", process_id=proc.id, error=reason)
+        self._schedule(proc, spec.restart.backoff_ms(state.restarts_in_a_row) / 1000)
+        return True
 
     def _start_next(self, proc: Process) -> None:
         self._timers.pop(proc.id, None)
@@ -269,7 +302,9 @@ class Managing:
         if state is None:
             return
         if child is not None:
-            self.run_started(proc, child, resumed=True)
+            # A crash between a run's spawn and its commit leaves the status backing off:
+            # the child the keeper holds is that next run.
+            self.run_started(proc, child, resumed=state.status is not Status.BACKING_OFF)
             return
         due = iso_to_epoch(state.next_restart_at) or wall()
         self._timers[proc.id] = self._runner.loop.call_later(max(0.0, due - wall()),

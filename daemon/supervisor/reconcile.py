@@ -33,7 +33,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from .. import oskit
-from ..keeper.client import ChildInfo, ExitEvent, KeeperError, Listing
+from ..keeper.client import ChildInfo, ExitEvent, Listing
 from ..managed import Status
 from ..model import LIVE, Event, Process, State, iso_to_epoch, now_iso, stopped_event
 from .children import ID_VAR, INSTANCE_VAR, Child, Markers
@@ -56,12 +56,14 @@ async def reconcile(runner: Runner, listing: Listing) -> None:
     for proc in records:
         if proc.state is State.QUEUED:
             continue
+        if proc.managed_state is not None and proc.managed_state.status is Status.BACKING_OFF \
+                and proc.state is State.RUNNING and proc.id not in kept:
+            if exits.pop(proc.id, None) is not None:
+                runner.keeper.ack_soon(proc.id)   # that run was settled before the crash
+            runner.managing.resume(proc, None)   # between runs: the next starts when it was due
+            continue
         if proc.id in kept or proc.id in exits:
             await _keep(runner, proc, kept.get(proc.id), exits.pop(proc.id, None))
-            continue
-        if proc.managed_state is not None and proc.managed_state.status is Status.BACKING_OFF \
-                and proc.state is State.RUNNING:
-            runner.managing.resume(proc, None)   # between runs: the next starts when it was due
             continue
         found = marked.get(proc.id)
         if found is not None and (proc.pid is None or
@@ -125,26 +127,28 @@ async def recover_keeper(runner: Runner) -> None:
         try:
             listing = await runner.keeper.connect()
             break
-        except KeeperError as exc:
+        except Exception as exc:   # KeeperError, or an OSError (EMFILE...): try again, never give up
             delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
             runner.log.error("keeper.unavailable", error=str(exc), retry_in=delay)
             attempt += 1
             await asyncio.sleep(delay)
-    exits = {event.id: event for event in listing.exits}
-    still_kept = {info.id for info in listing.children}
-    for child in runner.children.all():
-        if not child.kept or child.id in still_kept:
-            continue
-        event = exits.pop(child.id, None)
-        if event is not None:
+    try:
+        exits = {event.id: event for event in listing.exits}
+        still_kept = {info.id for info in listing.children}
+        for child in runner.children.all():
+            if not child.kept or child.id in still_kept:
+                continue
+            event = exits.pop(child.id, None)
+            if event is not None:
+                runner.keeper_exit(event)
+            else:
+                _orphaned(runner, child)
+        for event in exits.values():
             runner.keeper_exit(event)
-        else:
-            _orphaned(runner, child)
-    for event in exits.values():
-        runner.keeper_exit(event)
-    _stop_strays(runner, _scan_markers(runner.markers))
-    for event in runner.keeper.ready():
-        runner.keeper_exit(event)
+        _stop_strays(runner, _scan_markers(runner.markers))
+    finally:   # whatever failed above, exits must flow again
+        for event in runner.keeper.ready():
+            runner.keeper_exit(event)
 
 
 def _orphaned(runner: Runner, child: Child) -> None:

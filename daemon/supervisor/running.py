@@ -35,7 +35,7 @@ from typing import Any
 from .. import oskit
 from ..config import Config
 from ..errors import Conflict
-from ..keeper.client import ExitEvent, KeeperError, KeeperGone
+from ..keeper.client import ExitEvent, KeeperError, KeeperGone, SpawnFailed
 from ..model import ACTIVE, Event, Process, StartSpec, State, iso_to_epoch, now_iso, transition
 from ..output import OutputStore
 from ..registry import DuplicateKey, Registry, RegistryError, StorageError
@@ -217,6 +217,10 @@ class Runner:
                 exc = KeeperGone(f"not started: the keeper was lost ({exc})")
             elif not isinstance(exc, (KeeperError, OSError)):
                 self.log.error("process.spawn_error", process_id=proc.id, error=repr(exc))
+            if proc.state is State.RUNNING and proc.managed is not None and \
+                    isinstance(exc, KeeperError) and not isinstance(exc, SpawnFailed) and \
+                    self.managing.spawn_failed(proc, str(exc)):
+                return None   # the keeper was lost, or still held the id: tried again later
             if proc.state is State.RUNNING:
                 await self.finish(proc, Event.SPAWN_FAILED, error=str(exc) or type(exc).__name__)
             return None
@@ -228,7 +232,7 @@ class Runner:
         # Without it (/proc unreadable) a restarted daemon goes by the child's marker.
         proc.pid_start_time = spawned.start_ticks
         self.children.watch(child)
-        if proc.managed is not None:
+        if proc.managed is not None and proc.state is State.RUNNING:
             self.managing.run_started(proc, child)
         return child
 
@@ -279,7 +283,8 @@ class Runner:
         status = oskit.ExitStatus(code=event.code, signal=event.signal)
         proc = self.table.get(event.id)
         if proc is None:
-            self.keeper.ack_soon(event.id)
+            if self.unsaved.get(event.id) is None:   # committed: the keeper may forget it
+                self.keeper.ack_soon(event.id)
             return
         if proc.state not in ACTIVE:
             return   # its end is being committed; acknowledged then (finished)
@@ -289,8 +294,15 @@ class Runner:
             self.log.warning("process.output_lost", process_id=event.id,
                              stdout_lost=event.stdout_lost, stderr_lost=event.stderr_lost)
         self.from_keeper.add(event.id)
-        if not self.children.keeper_exit(event.id, status) and event.id in self.spawning:
+        if self.children.keeper_exit(event.id, status):
+            return
+        if event.id in self.spawning:
             self.children.hold_exit(event.id, status)   # its spawn reply is being handled
+        elif proc.managed is not None and proc.pid == event.pid:
+            # A managed run's exit replayed (a new keeper's listing) after the daemon settled
+            # it: its next run waits on this ack (the keeper holds the id until then).
+            self.from_keeper.discard(event.id)
+            self.keeper.ack_soon(event.id)
 
     def _keeper_lost(self, error: KeeperGone) -> None:
         if not self.closing and not self.recovering:
@@ -349,6 +361,8 @@ class Runner:
         an exit's commit starts in the same turn of the loop as its reap.
         """
         held_slot = proc.state in ACTIVE
+        if proc.managed is not None:
+            self.managing.stopping(proc)   # no next run, no probe left behind
         self.table.apply(proc, event)
         proc.completed_at = now_iso()
         if status is not None:
@@ -358,7 +372,8 @@ class Runner:
         commit = self.write(
             proc, state=proc.state, exit_state=proc.exit_state, completed_at=proc.completed_at,
             exit_code=proc.exit_code, exit_signal=proc.exit_signal, error=proc.error,
-            stdout_dropped=proc.stdout_dropped, stderr_dropped=proc.stderr_dropped)
+            stdout_dropped=proc.stdout_dropped, stderr_dropped=proc.stderr_dropped,
+            **({"managed_state": proc.managed_state} if proc.managed_state is not None else {}))
         if held_slot:
             self.admit()  # the slot it held is free
         return self.tasks.spawn(self.finished(proc, commit))

@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import oskit
 from ..config import Config
-from ..keeper.client import KeeperError
+from ..keeper.client import KeeperError, KeeperGone
 from .children import ID_VAR, INSTANCE_VAR, Child, Children, Markers, resolve_once
 from .kept import KeeperLink
 
@@ -64,15 +64,19 @@ class Trees:
         ``known`` maps member pids to verified pidfds already held; new members
         are added to it. Returns it.
         """
-        if not child.exited.done():
-            if child.kept:
-                try:
-                    await self._keeper.signal(child.id, sig, group=True)
-                except KeeperError:
-                    pass   # it exited (its exit is on the way), or the keeper is gone
-            else:  # adopted: reaped by someone else, so no killpg by pid
-                oskit.pidfd_signal(child.pidfd, sig)
         leader_reaped = child.exited.done()
+        if not leader_reaped and child.kept:
+            try:
+                # False: it exited and was reaped (its exit event is on the way); its pid
+                # may be anyone's already, so its tree is no longer walked by parent links.
+                leader_reaped = not await self._keeper.signal(child.id, sig, group=True)
+            except KeeperGone:
+                leader_reaped = not self._signal_verified(child, sig)
+            except KeeperError:
+                leader_reaped = True
+        elif not leader_reaped:  # adopted: reaped by someone else, so no killpg by pid
+            oskit.pidfd_signal(child.pidfd, sig)
+        leader_reaped = leader_reaped or child.exited.done()
         ours = self._children.by_pid
         for info in self._tree(child, leader_reaped):
             if info.pid not in known and info.pid not in ours:
@@ -82,6 +86,18 @@ class Trees:
         for fd in known.values():
             oskit.pidfd_signal(fd, sig)
         return known
+
+    @staticmethod
+    def _signal_verified(child: Child, sig: int) -> bool:
+        """The keeper is gone: signal a kept leader through a pidfd checked against its start
+        ticks (never a recycled pid). False if it is not there any more (or cannot be told)."""
+        fd = oskit.open_verified_pidfd(child.pid, child.ticks if child.ticks >= 0 else None)
+        if fd is None:
+            return False
+        try:
+            return oskit.pidfd_signal(fd, sig)
+        finally:
+            oskit.close_fd(fd)
 
     def _tree(self, child: Child, leader_reaped: bool) -> list[oskit.ProcInfo]:
         """The members of a child's tree, the leader excluded.

@@ -92,6 +92,14 @@ class ProcessTable:
         """A queued record whose cancel was undone goes back to its place (ids are FIFO order)."""
         bisect.insort(self.queue, proc.id)
 
+    def unqueue(self, ids: set[int]) -> None:
+        """Take these ids off the queue in one pass (a bulk stop: ``deque.remove`` per id
+        would be quadratic in the queue's length)."""
+        if ids:
+            kept = [i for i in self.queue if i not in ids]
+            self.queue.clear()
+            self.queue.extend(kept)
+
     def discard(self, process_id: int) -> None:
         """The record's idle state settled: it leaves the live table."""
         del self._live[process_id]

@@ -76,11 +76,7 @@ class Terminating:
             raise Conflict(f"process {proc.id} is already {proc.state.value}")
         if proc.state is State.QUEUED:
             self._table.queue.remove(proc.id)
-            self._table.apply(proc, Event.KILL)
-            proc.completed_at = now_iso()
-            commit = runner.write(proc, state=proc.state, exit_state=proc.exit_state,
-                                completed_at=proc.completed_at)
-            return await runner.tasks.owned(self._canceled(proc, commit))
+            return await asyncio.shield(self.cancel(proc))
         if proc.id in runner.abandoned:
             raise Conflict(f"process {proc.id} is already being stopped: "
                            "its start could not be recorded")
@@ -92,6 +88,16 @@ class Terminating:
         except StorageError as exc:  # undone by run: still running, nothing was sent
             raise StorageError(f"{exc.message}; process {proc.id} was not stopped") from None
         return snapshot
+
+    def cancel(self, proc: Process) -> asyncio.Task[Process]:
+        """Cancel a queued record already taken off the queue (a bulk stop takes many off
+        in one pass): idle/canceled once committed, in an owned task that also puts it
+        back in the queue if the write is refused."""
+        self._table.apply(proc, Event.KILL)
+        proc.completed_at = now_iso()
+        commit = self._runner.write(proc, state=proc.state, exit_state=proc.exit_state,
+                                    completed_at=proc.completed_at)
+        return self._runner.tasks.spawn(self._canceled(proc, commit))
 
     async def _canceled(self, proc: Process, commit: asyncio.Future[None]) -> Process:
         """A queued record was canceled: idle once that is committed, else back in the queue."""

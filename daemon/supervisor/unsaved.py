@@ -47,7 +47,7 @@ MUTABLE_COLUMNS = (
     "state", "exit_state", "error", "started_at", "completed_at", "pid", "pid_start_time",
     "boot_id", "exit_code", "exit_signal", "stop_reason", "stop_requested_at", "stop_grace",
     "stop_signal", "stdout_dropped", "stderr_dropped", "lease", "lease_expires_at",
-    "tty",
+    "tty", "managed_state",
 )
 
 

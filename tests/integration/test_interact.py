@@ -159,8 +159,12 @@ async def test_stop_with_a_custom_signal(client: Any) -> None:
 
 
 async def test_delete_forgets_an_idle_record_and_its_output(client: Any) -> None:
-    running = await start(client, argv=["sleep", "30"])
-    assert len(list(client.config.output_dir.glob(f"{running['id']}.*"))) == 4   # streams, indexes
+    running = await start(client, argv=["sh", "-c", "echo out; exec sleep 30"])
+    output_of = client.config.output_dir
+
+    async def written() -> bool:   # the keeper makes a stream's file (and index) at its first byte
+        return len(list(output_of.glob(f"{running['id']}.*"))) == 2
+    await async_wait_for(written, what="stdout and its index")
     response = await client.delete(f"/processes/{running['id']}")
     assert response.status == 409
     await client.post(f"/processes/{running['id']}/signals/kill")

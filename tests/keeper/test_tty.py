@@ -115,10 +115,12 @@ async def test_closing_a_terminal_stdin_stops_writes_only(start_keeper: Any, con
     client = await connect(keeper)
     fds = len(os.listdir(f"/proc/{keeper.pid}/fd"))
     await client.spawn(1, ["cat"], ENV, tty={"rows": 24, "cols": 80})
-    # pidfd, three descriptors of the master (output, keystrokes, resize), file, index
-    assert len(os.listdir(f"/proc/{keeper.pid}/fd")) == fds + 6
+    # pidfd, three descriptors of the master (output, keystrokes, resize); the output file
+    # and its index are opened at the first byte
+    assert len(os.listdir(f"/proc/{keeper.pid}/fd")) == fds + 4
     await client.stdin_write(1, b"hello\n")
     await eventually(lambda: output(keeper, 1).count(b"hello\r\n") == 2, what="echo + cat")
+    assert len(os.listdir(f"/proc/{keeper.pid}/fd")) == fds + 6
     await client.stdin_close(1)
     with pytest.raises(StdinClosed):
         await client.stdin_write(1, b"more\n")

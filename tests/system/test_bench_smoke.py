@@ -13,7 +13,7 @@ def test_bench_quick_runs_and_reports_every_workload() -> None:
     result = subprocess.run([sys.executable, "-m", "bench", "--quick"], capture_output=True, text=True,
                             timeout=240, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    for workload in ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B7k", "B8", "B8+"):
+    for workload in ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B7k", "B8", "B8+", "B9"):
         assert f"| {workload} |" in result.stdout
     assert "against a bare aiohttp handler, this run" in result.stdout
     assert "a /metrics scrape costs the daemon" in result.stdout

@@ -44,7 +44,9 @@ def _stdin(d: DaemonProcess, process_id: int, data: bytes) -> int:
 
 
 def _output(d: DaemonProcess, process_id: int, stream: str = "stdout") -> bytes:
-    return (d.state_dir / "output" / f"{process_id}.{stream}").read_bytes()
+    """What the keeper wrote of a stream (its file is made at the first byte)."""
+    path = d.state_dir / "output" / f"{process_id}.{stream}"
+    return path.read_bytes() if path.exists() else b""
 
 
 def _instance(d: DaemonProcess) -> str:

@@ -49,8 +49,9 @@ def _stepped(d: Any) -> tuple[int, dict[str, int]]:
         def clock_moved(after: int = last_ms) -> bool:
             return time.time() * 1000 > after + 2
 
-        def recorded(stream: str = stream) -> bool:
-            return _index(d, process_id, stream).ends[-1:] == [sizes[stream]]
+        def recorded(stream: str = stream) -> bool:   # (the index is made at the first byte)
+            return os.path.exists(d.state_dir / "output" / f"{process_id}.{stream}.idx") and \
+                _index(d, process_id, stream).ends[-1:] == [sizes[stream]]
 
         wait_for(clock_moved, what="the clock to move on")
         sh.write_stdin(process_id, b"\n")

@@ -87,15 +87,16 @@ def test_descendants_follow_parent_links_down_a_real_tree() -> None:
     # sh -> sh -> sleep: the middle shell must fork (two commands), so the tree is 3 deep.
     shell = subprocess.Popen(["sh", "-c", "sh -c 'sleep 60; true' & wait"], start_new_session=True)
     try:
-        found = wait_for(lambda: len(d := descendants(shell.pid, 0)) == 2 and d,
+        ticks = start_ticks(shell.pid)
+        assert ticks is not None
+        found = wait_for(lambda: len(d := descendants(shell.pid, ticks)) == 2 and d,
                          what="the shell's two descendants")
         middle, leaf = sorted(found, key=lambda info: info.ppid == shell.pid, reverse=True)
         assert middle.ppid == shell.pid and leaf.ppid == middle.pid
-        ticks = start_ticks(shell.pid)
-        assert ticks is not None
-        assert {i.pid for i in descendants(shell.pid, ticks)} == {middle.pid, leaf.pid}
-        # Nothing started after the leaf: a bound past every start finds none.
-        assert descendants(shell.pid, max(i.start_ticks for i in found) + 1) == []
+        # The root must still be the process that started at those ticks: another start
+        # time (a recycled pid) or unknown ticks find nothing, never a stranger's children.
+        assert descendants(shell.pid, ticks + 1) == []
+        assert descendants(shell.pid, -1) == []
     finally:
         os.killpg(shell.pid, 9)
         shell.wait()

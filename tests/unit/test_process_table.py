@@ -110,3 +110,16 @@ async def test_waiters_get_the_final_record_once_it_settles() -> None:
     final = table.settled(proc)
     assert waiter.result() is final and final is not proc and final.state is State.IDLE
     assert 1 not in table and table.recent.get(1) is final
+
+
+def test_unqueue_takes_many_ids_off_the_queue_in_one_pass_keeping_the_order() -> None:
+    table = ProcessTable(max_concurrent=1)
+    created(table, 1)
+    queue = table.queue
+    for i in range(2, 12):
+        created(table, i)
+    table.unqueue({3, 5, 6, 11, 99})
+    assert table.queue is queue, "the same deque: holders of it see the change"
+    assert list(table.queue) == [2, 4, 7, 8, 9, 10]
+    table.unqueue(set())
+    assert list(table.queue) == [2, 4, 7, 8, 9, 10]
