@@ -36,7 +36,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import Daemon, percentile
+from bench.harness import Daemon, percentile, sample_healthz
 
 HEALTHZ_EVERY = 0.01    # seconds between two /healthz requests
 DISK_EVERY = 0.1        # seconds between two samples of the output directory
@@ -98,16 +98,6 @@ class DiskSampler(threading.Thread):
         self.join()
 
 
-async def _healthz(session: aiohttp.ClientSession, url: str, done: asyncio.Event,
-                   samples: list[float]) -> None:
-    while not done.is_set():
-        began = time.perf_counter()
-        async with session.get(url + "/healthz") as response:
-            await response.read()
-        samples.append((time.perf_counter() - began) * 1000)
-        await asyncio.sleep(HEALTHZ_EVERY)
-
-
 async def _idle(session: aiohttp.ClientSession, url: str, process_id: int,
                 timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
@@ -135,7 +125,7 @@ async def capture(daemon: Daemon, nbytes: int, timeout: float = 900) -> dict[str
     latencies: list[float] = []
     async with aiohttp.ClientSession() as health, aiohttp.ClientSession() as session:
         disk.start()
-        sampler = asyncio.ensure_future(_healthz(health, daemon.url, done, latencies))
+        sampler = asyncio.ensure_future(sample_healthz(health, daemon.url, done, latencies, HEALTHZ_EVERY))
         try:
             began = time.perf_counter()
             async with session.post(daemon.url + "/processes",

@@ -189,3 +189,15 @@ async def timed(session: aiohttp.ClientSession, method: str, url: str, reps: int
 def percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] if ordered else float("nan")
+
+
+async def sample_healthz(session: aiohttp.ClientSession, url: str, done: asyncio.Event,
+                         samples: list[float], every: float) -> None:
+    """GET /healthz every ``every`` seconds until ``done``, appending each latency (ms):
+    how responsive the daemon stays while a workload runs beside it (B8, B9)."""
+    while not done.is_set():
+        began = time.perf_counter()
+        async with session.get(url + "/healthz") as response:
+            await response.read()
+        samples.append((time.perf_counter() - began) * 1000)
+        await asyncio.sleep(every)

@@ -50,7 +50,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import CLIENTS, Daemon, alive, percentile, pool
+from bench.harness import CLIENTS, Daemon, alive, percentile, pool, sample_healthz
 from bench.workloads import kill_and_wait
 
 HEALTHZ_EVERY = 0.1    # seconds between two /healthz requests
@@ -100,16 +100,6 @@ class Listener:
         writer.close()
 
 
-async def _healthz(session: aiohttp.ClientSession, url: str, done: asyncio.Event,
-                   samples: list[float]) -> None:
-    while not done.is_set():
-        began = time.perf_counter()
-        async with session.get(url + "/healthz") as response:
-            await response.read()
-        samples.append((time.perf_counter() - began) * 1000)
-        await asyncio.sleep(HEALTHZ_EVERY)
-
-
 async def window(daemon: Daemon, seconds: float, listener: Listener) -> dict[str, Any]:
     """The daemon's (and its keeper's) CPU over ``seconds``, /healthz sampled every 100 ms."""
     assert daemon.proc is not None
@@ -121,7 +111,7 @@ async def window(daemon: Daemon, seconds: float, listener: Listener) -> dict[str
         accepted = listener.accepted
         keeper_before = cpu_seconds(keeper_pid) if keeper_pid else 0.0
         before, began = cpu_times(daemon.proc.pid), time.perf_counter()
-        sampler = asyncio.ensure_future(_healthz(health, daemon.url, done, latencies))
+        sampler = asyncio.ensure_future(sample_healthz(health, daemon.url, done, latencies, HEALTHZ_EVERY))
         try:
             await asyncio.sleep(seconds)
         finally:
