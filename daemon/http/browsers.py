@@ -140,7 +140,10 @@ def split_host(value: str) -> tuple[str, str | None] | None:
     return name.rstrip("."), rest[1:]
 
 
+@functools.lru_cache(maxsize=64)
 def is_loopback_name(name: str) -> bool:
+    """Cached: every request without a token asks this of its Host, nearly always the same
+    one or two names, and parsing an address costs more than the rest of the check."""
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:

@@ -86,12 +86,19 @@ class Connection:
     def paused(self) -> bool:
         return len(self.outbuf) > PAUSE_AT
 
+    def queue(self, message: dict[str, Any]) -> bool:
+        """Queue a message to go with the next flush. False if the connection must be dropped.
+
+        The replies to the requests of one read, and the exits of one reap, are queued
+        and flushed together: one send(2) for a burst instead of one per message, and
+        one wake-up of the daemon.
+        """
+        self.outbuf += encode(message)
+        return len(self.outbuf) <= DROP_AT
+
     def send(self, message: dict[str, Any]) -> bool:
         """Queue a message and try to send. False if the connection must be dropped."""
-        self.outbuf += encode(message)
-        if len(self.outbuf) > DROP_AT:
-            return False
-        return self.flush()
+        return self.queue(message) and self.flush()
 
     def flush(self) -> bool:
         """Send what the socket takes now. False if the peer has gone."""

@@ -149,8 +149,10 @@ def window_size(value: Any) -> tuple[int, int]:
     return rows, cols
 
 
+_VALID_SIGNALS = frozenset(int(s) for s in signal.valid_signals())   # built once: enums are slow
+
+
 def signal_number(value: Any) -> int:
-    valid = {int(s) for s in signal.valid_signals()}
-    if type(value) is not int or (value != 0 and value not in valid):
+    if type(value) is not int or (value != 0 and value not in _VALID_SIGNALS):
         raise RequestError(f"{value!r} is not a signal number", errno.EINVAL)
     return value

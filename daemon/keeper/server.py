@@ -164,6 +164,8 @@ class Keeper:
             if line is None:
                 break
             self._handle(conn, line)
+        if not conn.closed and conn.outbuf and not conn.flush():
+            return self._drop(conn)
         self._update(conn)
 
     def _update(self, conn: Connection) -> None:
@@ -187,17 +189,19 @@ class Keeper:
             self.daemon = None
         conn.close()
 
-    def _send(self, conn: Connection, message: dict[str, Any]) -> None:
-        if not conn.send(message):
-            self._drop(conn)
-        elif conn.outbuf:
-            self._update(conn)
-
     def _send_exits(self, exits: list[dict[str, Any]]) -> None:
-        """Exits are journalled by now; the daemon connection (if any) hears of them."""
+        """Exits are journalled by now; the daemon connection (if any) hears of them (all
+        of one reap in one send)."""
+        conn = self.daemon
+        if conn is None:
+            return
         for entry in exits:
-            if self.daemon is not None:
-                self._send(self.daemon, {"event": "exit", **entry})
+            if not conn.queue({"event": "exit", **entry}):
+                return self._drop(conn)
+        if not conn.flush():
+            return self._drop(conn)
+        if conn.outbuf:
+            self._update(conn)
 
     def _handle(self, conn: Connection, line: bytes) -> None:
         seq = None
@@ -219,7 +223,8 @@ class Keeper:
         except Exception as exc:
             log("keeper.request_failed", error=repr(exc))
             reply = {"seq": seq, "ok": False, "error": f"internal error: {exc!r}", "errno": None}
-        self._send(conn, reply)
+        if not conn.queue(reply):   # sent with the other replies of this read (_serve)
+            self._drop(conn)
 
     def _hello(self, conn: Connection, request: dict[str, Any]) -> None:
         version, state_dir = request.get("version"), request.get("state_dir")

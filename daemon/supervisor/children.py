@@ -12,7 +12,9 @@
   and ``STABLEHAND_INSTANCE`` (this registry's instance) in its environment, and
   without the daemon's own private variables. Descendants inherit it: that is how
   a restarted daemon recognises its processes and how a stop recognises orphans
-  of a tree (:class:`Markers`).
+  of a tree (:class:`Markers`). A managed record's runs also carry
+  ``STABLEHAND_RUN`` (the run's number), so that stopping what one run left
+  behind never takes an orphan of the next run of the same record.
 * **The plain environment** (issue 20). A child's reader is usually a program (a
   model, a log), not a terminal: unless the start says ``plainEnv: false``, a
   record's env is given ``NO_COLOR=1``, ``TERM=dumb`` (``xterm-256color`` on a
@@ -42,6 +44,7 @@ _PRIVATE_ENV_PREFIXES = ("LISTEN_", "WATCHDOG_", "STABLEHAND_")
 _PRIVATE_ENV_NAMES = frozenset({"NOTIFY_SOCKET"})
 ID_VAR = "STABLEHAND_ID"
 INSTANCE_VAR = "STABLEHAND_INSTANCE"
+RUN_VAR = "STABLEHAND_RUN"
 PLAIN_ENV = {"NO_COLOR": "1", "TERM": "dumb", "PAGER": "cat", "GIT_PAGER": "cat"}
 TTY_TERM = "xterm-256color"
 
@@ -66,6 +69,7 @@ class Child:
     stdin_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     ending: str | None = None                   # a managed run being stopped: why ("restarted"...)
     keeper_lost: bool = False                   # adopted because its keeper was killed
+    run: int = 0                                # a managed run's number (its marker); 0: none
 
 
 class Markers:
@@ -78,19 +82,30 @@ class Markers:
         self._base_env = {k: v for k, v in os.environ.items()
                           if k not in _PRIVATE_ENV_NAMES and not k.startswith(_PRIVATE_ENV_PREFIXES)}
 
-    def env(self, proc: Process) -> dict[str, str]:
+    def env(self, proc: Process, run: int = 0) -> dict[str, str]:
         """The environment ``proc`` is started with: the daemon's public one, the
-        caller's, and the marker."""
+        caller's, and the marker (with ``run``, a managed run's number)."""
         env = self._base_env.copy()
         env.update(proc.env)
         env[ID_VAR] = str(proc.id)
         env[INSTANCE_VAR] = self.instance
+        if run:
+            env[RUN_VAR] = str(run)
         return env
 
     @staticmethod
     def read(pid: int) -> dict[str, str] | None:
         """The marker variables of ``pid`` (None if its environment cannot be read)."""
-        return oskit.environ_marker(pid, (ID_VAR, INSTANCE_VAR))
+        return oskit.environ_marker(pid, (ID_VAR, INSTANCE_VAR, RUN_VAR))
+
+
+def run_of(proc: Process, *, next_run: bool) -> int:
+    """The number a managed record's run carries in its marker: the run about to be
+    spawned (``next_run``) or the one running now; 0 for a record that is not managed."""
+    state = proc.managed_state
+    if proc.managed is None or state is None:
+        return 0
+    return state.run + 1 if next_run else state.run
 
 
 ExitHandler = Callable[[Child, oskit.ExitStatus | None], None]
@@ -116,9 +131,9 @@ class Children:
         return list(self.by_id.values())
 
     def new(self, process_id: int, pid: int, ticks: int, pidfd: int, *, kept: bool,
-            stdin_open: bool = False) -> Child:
+            stdin_open: bool = False, run: int = 0) -> Child:
         return Child(id=process_id, pid=pid, ticks=ticks, pidfd=pidfd, kept=kept,
-                     exited=self._loop.create_future(), stdin_open=stdin_open)
+                     exited=self._loop.create_future(), stdin_open=stdin_open, run=run)
 
     def watch(self, child: Child) -> None:
         self.by_id[child.id] = child

@@ -1,9 +1,10 @@
-"""Health checks and readiness of a managed run, as plain asyncio.
+"""Health checks of a managed run, as plain asyncio.
 
 Nothing here knows the supervisor: :func:`probe` runs one check,
-:class:`HealthWatch` runs checks on a schedule and reports through callbacks,
-:func:`wait_ready` returns once a run's ready condition holds. Everything is
-cancellable; nothing blocks the event loop.
+:class:`HealthWatch` runs checks on a schedule and reports through callbacks.
+Everything is cancellable; nothing blocks the event loop. Exec probes are in
+probes_exec.py (whose children they are, and how none is left behind);
+readiness (:func:`daemon.supervisor.readiness.wait_ready`) in readiness.py.
 
 What counts as healthy (decisions where the issue is silent):
 
@@ -20,59 +21,36 @@ Timing. A :class:`HealthWatch` waits ``initial_delay_ms``, then starts a probe
 every ``interval_ms``, start to start; probes never overlap (one that overran is
 followed at once). ``failure_threshold`` failures in a row are reported once and
 end the watch (the supervisor restarts the run and watches the new one); a
-success resets the count. Readiness by health check ignores ``initial_delay_ms``
-and ``failure_threshold``: it probes every ``poll_ms`` until one passes, so a run
-is ``running`` as soon as it answers.
+success resets the count.
 
-Exec probes are the daemon's own children, not the keeper's (the keeper starts
-and reaps the processes clients asked for). A probe is no record: no output to
-capture, no exit to journal, no one but the daemon wants its status, and it
-ends within ``timeout_ms``; through the keeper it would cost a round trip and a
-table entry each, and wait behind a busy keeper. It is spawned with
-``asyncio.create_subprocess_exec``, stdio on /dev/null, in a session (so a
-process group) of its own. The loop's child watcher reaps it, by its pid only
-(asyncio ``waitpid(pid)``, uvloop's libuv likewise per pid it spawned, never
-``waitpid(-1)``), so neither can take the keeper's status, which the daemon reaps
-itself. A probe that overruns or is cancelled has its whole group SIGKILLed
-while its leader is unreaped (the group id still its own), then is reaped; one
-cancelled mid-spawn is killed and reaped once spawned. After a probe exits,
-whatever it left in its group is SIGKILLed too (a group id is not handed out
-again while it has members), so ``sh -c 'x &'`` leaves nothing. A process that
-left the group (``setsid``) is beyond reach; if the daemon dies mid-probe, the
-probe runs on to its own end.
-
-Readiness by log line reads the run's stdout and stderr through an
-:class:`OutputSource` (:class:`daemon.output.OutputReader`, the one reader of
-output files: in a thread, skipping what the output cap dropped), from offsets
-the caller gives (where this run's output starts). Only complete lines match
-(``re.search``), at most :data:`MAX_LINE` bytes of each: a longer line is matched
-on its head once its newline arrives; a line whose head the cap dropped unread
-is not matched. Matching runs in a thread too: the regex is a client's, and a
-slow one must not stall the loop.
+Cost (issue 19: 200 runs checked every second under 5% of a core, B9). A watch
+is no task: a timer handle on the loop per due probe. A TCP probe is a raw
+non-blocking socket and mostly no await at all: on loopback the handshake (or
+the refusal) is done by the time ``connect()`` returns EINPROGRESS, so a second
+``connect()`` tells the outcome at once (0 or EISCONN: accepted; an errno:
+refused); only a connection still in progress (EALREADY: a full backlog, a
+dropped SYN) waits for the socket to turn writable, under a timer for
+``timeout_ms``. Not ``loop.sock_connect``: uvloop's resolves ``127.0.0.1``
+through ``getaddrinfo`` in its thread pool on every call (it passes no socket
+type, so its numeric shortcut never applies), which was most of a probe's cost.
+http and exec probes run as one task each, under ``asyncio.timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import signal
+import errno
 import socket
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping
 
 import aiohttp
 import structlog
 from yarl import URL
 
-from .. import oskit
-from ..managed import HealthCheck, Ready
+from ..managed import HealthCheck
+from .probes_exec import background, errno_words, os_reason, run_exec
 
 log = structlog.get_logger("stablehand.probes")
-
-MAX_LINE = 64 * 1024          # bytes of a line kept for matching; the rest of it is cut
-READ_BYTES = 64 * 1024        # bytes asked for per output read
-READY_CONNECT_MS = 1000       # how long a ``ready.port`` connection attempt may take
 
 
 # --- one probe ---------------------------------------------------------------------------
@@ -97,11 +75,11 @@ async def probe(check: HealthCheck, *, env: Mapping[str, str], cwd: str | None,
     try:
         async with asyncio.timeout(check.timeout_ms / 1000):
             if check.type == "exec":
-                return await _exec(check.command, env, cwd)
+                return await run_exec(check.command, env, cwd)
             if check.port is None:
                 raise ValueError(f"a {check.type} check needs a port")
             if check.type == "tcp":
-                return await _tcp(check.port)
+                return await tcp(check.port)
             if check.type != "http":
                 raise ValueError(f"unknown health check type {check.type!r}")
             if session is not None:
@@ -112,23 +90,73 @@ async def probe(check: HealthCheck, *, env: Mapping[str, str], cwd: str | None,
         return f"timed out after {check.timeout_ms} ms"
 
 
-def _os_reason(exc: OSError) -> str:
-    """The errno's own words ("connection refused"), not Python's ("Connect call failed")."""
-    text = os.strerror(exc.errno) if exc.errno else (str(exc) or type(exc).__name__)
-    return text[:1].lower() + text[1:]
+_CONNECTING = frozenset((errno.EINPROGRESS, errno.EALREADY, errno.EINTR))
 
 
-async def _tcp(port: int) -> str | None:
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def _connect(port: int) -> socket.socket | str | None:
+    """Start a connection to 127.0.0.1:``port``: None (accepted) or a reason when its
+    outcome is known at once (the socket closed), else the socket, still connecting."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
-        sock.setblocking(False)
-        await loop.sock_connect(sock, ("127.0.0.1", port))
-    except OSError as exc:
-        return _os_reason(exc)
-    finally:
+        code = sock.connect_ex(("127.0.0.1", port))
+        if code in _CONNECTING:
+            code = sock.connect_ex(("127.0.0.1", port))   # the outcome, if there is one yet
+    except BaseException:
         sock.close()
-    return None
+        raise
+    if code in _CONNECTING:
+        return sock
+    sock.close()
+    return None if code in (0, errno.EISCONN) else errno_words(code)
+
+
+class _Connecting:
+    """A TCP probe's socket still connecting: ``done(None or reason)`` once it turns
+    writable, unless :meth:`close` came first. No task, no future."""
+
+    __slots__ = ("_loop", "_sock", "_done")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                 done: Callable[[str | None], None]) -> None:
+        self._loop = loop
+        self._sock: socket.socket | None = sock
+        self._done = done
+        try:
+            loop.add_writer(sock.fileno(), self._writable)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _writable(self) -> None:
+        if self._sock is None:
+            return
+        code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self.close()
+        self._done(errno_words(code) if code else None)
+
+    def close(self) -> None:
+        """Stop waiting and close the socket; idempotent."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            self._loop.remove_writer(sock.fileno())   # before the fd can be someone else's
+            sock.close()
+
+
+async def tcp(port: int) -> str | None:
+    """A TCP probe, with no timeout of its own (the caller's)."""
+    outcome = _connect(port)
+    if not isinstance(outcome, socket.socket):
+        return outcome
+    answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+
+    def done(reason: str | None) -> None:
+        if not answer.done():
+            answer.set_result(reason)
+    connecting = _Connecting(asyncio.get_running_loop(), outcome, done)
+    try:
+        return await answer
+    finally:
+        connecting.close()
 
 
 async def _http(session: aiohttp.ClientSession, port: int, path: str) -> str | None:
@@ -139,9 +167,9 @@ async def _http(session: aiohttp.ClientSession, port: int, path: str) -> str | N
         async with session.get(url, allow_redirects=False) as response:
             status = response.status
     except aiohttp.ClientConnectorError as exc:
-        return _os_reason(exc.os_error)
+        return os_reason(exc.os_error)
     except aiohttp.ClientOSError as exc:   # reset by peer...
-        return _os_reason(exc)
+        return os_reason(exc)
     except aiohttp.ServerDisconnectedError:
         return "connection closed without an answer"
     except aiohttp.ClientResponseError:
@@ -149,61 +177,8 @@ async def _http(session: aiohttp.ClientSession, port: int, path: str) -> str | N
     except aiohttp.ClientError as exc:
         return f"HTTP request failed: {type(exc).__name__}"
     except OSError as exc:
-        return _os_reason(exc)
+        return os_reason(exc)
     return None if 200 <= status < 400 else f"HTTP {status}"
-
-
-async def _exec(command: Sequence[str], env: Mapping[str, str], cwd: str | None) -> str | None:
-    if not command:
-        raise ValueError("an exec check needs a command")
-    spawning = asyncio.ensure_future(asyncio.create_subprocess_exec(
-        *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL, env=dict(env), cwd=cwd, start_new_session=True))
-    try:
-        proc = await asyncio.shield(spawning)     # a spawn is never cut in half...
-    except asyncio.CancelledError:                # ...the child it makes is killed and reaped
-        await _in_background(_discard(spawning))
-        raise
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename and exc.filename != command[0] else ""
-        return f"cannot run {command[0]}: {_os_reason(exc)}{where}"
-    try:
-        code = await proc.wait()
-    except asyncio.CancelledError:     # timed out or stopped: the whole group, leader unreaped
-        oskit.signal_group(proc.pid, signal.SIGKILL)
-        await _in_background(_reap(proc))
-        raise
-    oskit.signal_group(proc.pid, signal.SIGKILL)   # what it left running in its group
-    if code == 0:
-        return None
-    if code < 0:
-        return f"killed by {oskit.signal_name(-code)}"
-    return f"exited with status {code}"
-
-
-async def _reap(proc: asyncio.subprocess.Process) -> None:
-    await proc.wait()
-
-
-async def _discard(spawning: asyncio.Future[asyncio.subprocess.Process]) -> None:
-    """A probe cancelled while spawning: once spawned, kill its group and reap it."""
-    try:
-        proc = await spawning
-    except OSError:
-        return
-    oskit.signal_group(proc.pid, signal.SIGKILL)
-    await proc.wait()
-
-
-_CLEANUPS: set[asyncio.Task[None]] = set()   # held until done (the loop holds weak references)
-
-
-async def _in_background(cleanup: Coroutine[None, None, None]) -> None:
-    """Await ``cleanup``; cancelled again meanwhile, it still runs to its end."""
-    task = asyncio.ensure_future(cleanup)
-    _CLEANUPS.add(task)
-    task.add_done_callback(_CLEANUPS.discard)
-    await asyncio.shield(task)
 
 
 # --- a run's health, on a schedule -------------------------------------------------------
@@ -224,6 +199,10 @@ class HealthWatch:
     (no callback follows it). :meth:`aclose` also waits until the probe in flight has
     ended (an exec probe killed and reaped). A callback that raises ends the watch,
     logged as ``health.watch_failed``.
+
+    Driven by callbacks on the loop (see "Cost" above): a timer handle for the next
+    probe; a TCP probe settled inside it or a :class:`_Connecting` under a deadline
+    timer; an http or exec probe as a task.
     """
 
     def __init__(self, check: HealthCheck, *, env: Mapping[str, str], cwd: str | None,
@@ -234,173 +213,129 @@ class HealthWatch:
         self._cwd = cwd
         self._on_result = on_result
         self._on_unhealthy = on_unhealthy
-        self._session = session            # shared and owned by the caller, or made here
-        self._task: asyncio.Task[None] | None = None
+        self._session = session            # shared and owned by the caller...
+        self._own: aiohttp.ClientSession | None = None   # ...or made here, closed at the end
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None        # the next probe's start
+        self._connecting: _Connecting | None = None           # a TCP probe in flight...
+        self._deadline: asyncio.TimerHandle | None = None     # ...and its timeout
+        self._task: asyncio.Task[str | None] | None = None    # an http or exec probe in flight
+        self._closing: asyncio.Task[None] | None = None       # the end of either, at stop
+        self._began = 0.0
         self._stopped = False
         self.consecutive_failures = 0
 
     @property
     def active(self) -> bool:
-        return self._task is not None and not self._stopped and not self._task.done()
+        return self._loop is not None and not self._stopped
 
     def start(self) -> None:
         """Start probing (in the running loop). Does nothing if started or stopped before."""
-        if self._task is not None or self._stopped:
+        if self._loop is not None or self._stopped:
             return
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="health-watch")
-        self._task.add_done_callback(self._done)
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(self.check.initial_delay_ms / 1000, self._probe)
 
     def stop(self) -> None:
+        if self._stopped:
+            return
         self._stopped = True
-        task = self._task
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()   # from a callback (inside the task) the flag alone ends it
+        for handle in (self._timer, self._deadline):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._deadline = None
+        if self._connecting is not None:
+            self._connecting.close()
+            self._connecting = None
+        task, own, self._own = self._task, self._own, None
+        if task is not None:
+            task.cancel()
+        if own is not None or task is not None:
+            self._closing = background(_ended(task, own))
 
     async def aclose(self) -> None:
         self.stop()
-        task = self._task
-        if task is not None and task is not asyncio.current_task():
-            await asyncio.wait([task])
+        if self._closing is not None:
+            await asyncio.wait([self._closing])
 
-    async def _run(self) -> None:
-        check = self.check
-        loop = asyncio.get_running_loop()
-        await asyncio.sleep(check.initial_delay_ms / 1000)
-        own = new_session() if check.type == "http" and self._session is None else None
-        session = self._session if own is None else own
-        try:
-            while not self._ended():
-                started = loop.time()
-                reason = await probe(check, env=self._env, cwd=self._cwd, session=session)
-                if self._ended():
-                    return
-                self.consecutive_failures = 0 if reason is None else self.consecutive_failures + 1
-                self._on_result(reason is None, reason, self.consecutive_failures)
-                if self._ended():   # stopped by on_result
-                    return
-                if reason is not None and self.consecutive_failures >= check.failure_threshold:
-                    self._stopped = True
-                    self._on_unhealthy(reason)
-                    return
-                await asyncio.sleep(max(0.0, started + check.interval_ms / 1000 - loop.time()))
-        finally:
-            if own is not None:
-                await own.close()
-
-    def _ended(self) -> bool:
-        return self._stopped   # a call, so that type checkers see it change across awaits
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("health.watch_failed", check=self.check.type, error=repr(task.exception()))
-
-
-# --- readiness -----------------------------------------------------------------------------
-
-class OutputSource(Protocol):
-    """Where a run's output is read: :class:`daemon.output.OutputReader` is one."""
-
-    async def read(self, offset: int, limit: int = ...) -> tuple[int, bytes]: ...
-
-
-async def wait_ready(ready: Ready, *, check: HealthCheck | None, env: Mapping[str, str],
-                     cwd: str | None, outputs: Sequence[tuple[OutputSource, int]] = (),
-                     poll_ms: int = 50, session: aiohttp.ClientSession | None = None) -> None:
-    """Return once the run is ready; the caller cancels it (when the run ends, say).
-
-    * ``ready.port``: ``127.0.0.1:port`` accepts a connection;
-    * ``ready.log_line``: a complete line of one of ``outputs`` (each a source and
-      the offset this run's output starts at: stdout and stderr) matches the regex;
-    * ``ready.health_check``: ``probe(check)`` passes once.
-
-    Checks every ``poll_ms``, start to start. A ``Ready()`` with no condition is met
-    at once.
-    """
-    if ready.port is not None:
-        port = ready.port
-
-        async def connects() -> bool:
-            try:
-                async with asyncio.timeout(READY_CONNECT_MS / 1000):
-                    return await _tcp(port) is None
-            except TimeoutError:
-                return False
-        await _until(connects, poll_ms)
-    elif ready.log_line is not None:
-        if not outputs:
-            raise ValueError("ready.log_line needs the run's outputs")
-        await _until_line(re.compile(ready.log_line), outputs, poll_ms)
-    elif ready.health_check:
-        if check is None:
-            raise ValueError("ready.health_check needs a health check")
-        health = check
-
-        async def passes(session: aiohttp.ClientSession | None) -> bool:
-            return await probe(health, env=env, cwd=cwd, session=session) is None
-        if check.type != "http" or session is not None:
-            await _until(lambda: passes(session), poll_ms)
-        else:
-            async with new_session() as own:
-                await _until(lambda: passes(own), poll_ms)
-
-
-async def _until(attempt: Callable[[], Awaitable[bool]], poll_ms: int) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        started = loop.time()
-        if await attempt():
+    def _probe(self) -> None:
+        """The timer's callback: start a probe."""
+        self._timer = None
+        loop, check = self._loop, self.check
+        if self._stopped or loop is None:
             return
-        await asyncio.sleep(max(0.0, started + poll_ms / 1000 - loop.time()))
+        self._began = loop.time()
+        try:
+            if check.type == "tcp" and check.port is not None:
+                outcome = _connect(check.port)
+                if not isinstance(outcome, socket.socket):
+                    self._result(outcome)
+                    return
+                self._connecting = _Connecting(loop, outcome, self._connected)
+                self._deadline = loop.call_at(self._began + check.timeout_ms / 1000,
+                                              self._timed_out)
+                return
+            if check.type == "http" and self._session is None and self._own is None:
+                self._own = new_session()
+            self._task = loop.create_task(
+                probe(check, env=self._env, cwd=self._cwd, session=self._session or self._own),
+                name="health-probe")
+            self._task.add_done_callback(self._probed)
+        except Exception as exc:   # a bug, or no fd left for a socket
+            self._failed(exc)
+
+    def _connected(self, reason: str | None) -> None:
+        self._connecting = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._result(reason)
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if self._connecting is not None:
+            self._connecting.close()
+            self._connecting = None
+        self._result(f"timed out after {self.check.timeout_ms} ms")
+
+    def _probed(self, task: asyncio.Task[str | None]) -> None:
+        if self._task is task:
+            self._task = None
+        if self._stopped or task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self._failed(error)
+        else:
+            self._result(task.result())
+
+    def _result(self, reason: str | None) -> None:
+        """A probe's outcome: report it, then end the watch or arm the next probe."""
+        check = self.check
+        self.consecutive_failures = 0 if reason is None else self.consecutive_failures + 1
+        try:
+            self._on_result(reason is None, reason, self.consecutive_failures)
+            if self._stopped:   # stopped by on_result
+                return
+            if reason is not None and self.consecutive_failures >= check.failure_threshold:
+                self.stop()
+                self._on_unhealthy(reason)
+                return
+        except Exception as exc:
+            self._failed(exc)
+            return
+        assert self._loop is not None
+        self._timer = self._loop.call_at(self._began + check.interval_ms / 1000, self._probe)
+
+    def _failed(self, error: BaseException) -> None:
+        log.error("health.watch_failed", check=self.check.type, error=repr(error))
+        self.stop()
 
 
-class _Lines:
-    """Complete lines of one stream from an offset on, in bounded memory."""
-
-    def __init__(self, source: OutputSource, start: int) -> None:
-        self.source = source
-        self.position = start
-        self.partial = bytearray()   # the line being read, at most MAX_LINE bytes of it
-        self.headless = False        # the cap dropped the start of the line being read
-
-    async def read(self) -> tuple[list[bytes], bool]:
-        """(the lines completed by the next chunk, whether more may be waiting)."""
-        start, data = await self.source.read(self.position, READ_BYTES)
-        if start > self.position:    # dropped before we read them: that line has no head
-            self.partial.clear()
-            self.headless = True
-        self.position = start + len(data)
-        return self.feed(data), len(data) >= READ_BYTES
-
-    def feed(self, data: bytes) -> list[bytes]:
-        lines = []
-        at = 0
-        while (end := data.find(b"\n", at)) >= 0:
-            self.partial += data[at:min(end, at + MAX_LINE - len(self.partial))]
-            if not self.headless:
-                lines.append(bytes(self.partial))
-            self.partial.clear()
-            self.headless = False
-            at = end + 1
-        self.partial += data[at:at + max(0, MAX_LINE - len(self.partial))]
-        return lines
-
-
-def _matches(regex: re.Pattern[str], lines: list[bytes]) -> bool:
-    return any(regex.search(line.decode(errors="replace").removesuffix("\r")) for line in lines)
-
-
-async def _until_line(regex: re.Pattern[str], outputs: Sequence[tuple[OutputSource, int]],
-                      poll_ms: int) -> None:
-    streams = [_Lines(source, start) for source, start in outputs]
-    loop = asyncio.get_running_loop()
-    while True:
-        started = loop.time()
-        for stream in streams:
-            more = True
-            while more:
-                lines, more = await stream.read()
-                if lines:
-                    matched: bool = await asyncio.to_thread(_matches, regex, lines)
-                    if matched:
-                        return
-        await asyncio.sleep(max(0.0, started + poll_ms / 1000 - loop.time()))
+async def _ended(task: asyncio.Task[str | None] | None, own: aiohttp.ClientSession | None) -> None:
+    """A stopped watch's probe task ended (cancelled: an exec probe killed and reaped), then
+    its own session closed."""
+    if task is not None:
+        await asyncio.wait([task])
+    if own is not None:
+        await own.close()

@@ -36,7 +36,7 @@ from .. import oskit
 from ..keeper.client import ChildInfo, ExitEvent, Listing
 from ..managed import Status
 from ..model import LIVE, Event, Process, State, iso_to_epoch, now_iso, stopped_event
-from .children import ID_VAR, INSTANCE_VAR, Child, Markers
+from .children import ID_VAR, INSTANCE_VAR, Child, Markers, run_of
 from .terminating import wall
 
 if TYPE_CHECKING:
@@ -82,7 +82,8 @@ async def reconcile(runner: Runner, listing: Listing) -> None:
         else:
             assert proc.pid is not None   # a pidfd was opened for it
             _adopt(runner, proc, runner.children.new(
-                proc.id, proc.pid, int(proc.pid_start_time or 0), pidfd, kept=False))
+                proc.id, proc.pid, int(proc.pid_start_time or 0), pidfd, kept=False,
+                run=run_of(proc, next_run=False)))
     for event in exits.values():   # of records already idle (or deleted): only acknowledged
         runner.keeper_exit(event)
     _stop_strays(runner, marked)
@@ -99,7 +100,8 @@ async def _keep(runner: Runner, proc: Process, info: ChildInfo | None, event: Ex
         proc.pid, proc.pid_start_time = pid, ticks if ticks is not None else proc.pid_start_time
         await _save_pid(runner, proc)
     child = runner.children.new(proc.id, pid, ticks if ticks is not None else -1, -1, kept=True,
-                                stdin_open=info is not None and info.stdin_open)
+                                stdin_open=info is not None and info.stdin_open,
+                                run=run_of(proc, next_run=False))
     _adopt(runner, proc, child)
     if event is not None:
         runner.keeper_exit(event)

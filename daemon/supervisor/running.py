@@ -39,7 +39,7 @@ from ..keeper.client import ExitEvent, KeeperError, KeeperGone, SpawnFailed
 from ..model import ACTIVE, Event, Process, StartSpec, State, iso_to_epoch, now_iso, transition
 from ..output import OutputStore
 from ..registry import DuplicateKey, Registry, RegistryError, StorageError
-from .children import Child, Children, Markers
+from .children import Child, Children, Markers, run_of
 from .kept import KeeperLink
 from .leases import lease_expiry
 from .managing import Managing
@@ -206,9 +206,10 @@ class Runner:
 
     async def _spawn(self, proc: Process) -> Child | None:
         """Ask the keeper for the child; on failure end the record (unless a kill will)."""
+        run = run_of(proc, next_run=True)
         try:
             spawned = await self.keeper.spawn(
-                proc.id, proc.argv, self.markers.env(proc), proc.cwd or os.getcwd(),
+                proc.id, proc.argv, self.markers.env(proc, run), proc.cwd or os.getcwd(),
                 stdin="pipe" if proc.stdin == "pipe" else "null", stdout=proc.stdout_mode,
                 stderr=proc.stderr_mode, cap=self.config.max_output_bytes or None, tty=proc.tty)
         except Exception as exc:  # whatever it is, nothing runs: say why on the record
@@ -226,7 +227,7 @@ class Runner:
             return None
         ticks = spawned.start_ticks if spawned.start_ticks is not None else -1
         child = self.children.new(proc.id, spawned.pid, ticks, -1, kept=True,
-                                  stdin_open=proc.stdin == "pipe")
+                                  stdin_open=proc.stdin == "pipe", run=run)
         proc.pid, proc.boot_id, proc.started_at = spawned.pid, self.markers.boot_id, now_iso()
         # The start time proves identity after a restart; the keeper reads it at spawn.
         # Without it (/proc unreadable) a restarted daemon goes by the child's marker.

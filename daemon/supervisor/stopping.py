@@ -26,7 +26,7 @@ from typing import Any
 from .. import oskit
 from ..config import Config
 from ..keeper.client import KeeperError, KeeperGone
-from .children import ID_VAR, INSTANCE_VAR, Child, Children, Markers, resolve_once
+from .children import ID_VAR, INSTANCE_VAR, RUN_VAR, Child, Children, Markers, resolve_once
 from .kept import KeeperLink
 
 KILL_WAIT = 5.0          # after SIGKILL, how long to wait for the tree to vanish
@@ -38,7 +38,8 @@ ORPHAN_RECHECK = 0.002   # how often a stop looks again at such an orphan
 class _Adopted:
     """The orphans re-parented to the keeper, as read in one turn of the loop."""
 
-    by_id: dict[str, list[oskit.ProcInfo]] = dataclasses.field(default_factory=dict)
+    # marker id -> (orphan, its run marker or None)
+    by_id: dict[str, list[tuple[oskit.ProcInfo, str | None]]] = dataclasses.field(default_factory=dict)
     unsettled: bool = False   # an orphan first seen < ORPHAN_SETTLE ago could not be told
 
 
@@ -113,16 +114,19 @@ class Trees:
             table = oskit.proc_table()
             return oskit.tree_of(child.pid, child.ticks, leader_reaped, table)
         members = [] if leader_reaped else oskit.descendants(child.pid, child.ticks)
-        for orphan in self._orphans_of(child.id):
+        for orphan in self._orphans_of(child):
             members.append(orphan)
             members += oskit.descendants(orphan.pid, orphan.start_ticks)
         return members
 
-    def _orphans_of(self, process_id: int) -> list[oskit.ProcInfo]:
-        """The keeper's children that are not leaders but carry this record's STABLEHAND_ID."""
-        return self._adopted().by_id.get(str(process_id), [])
+    def _orphans_of(self, child: Child) -> list[oskit.ProcInfo]:
+        """The keeper's children that are not leaders but carry this child's STABLEHAND_ID
+        (and, for a managed run, its STABLEHAND_RUN: never another run's orphans)."""
+        run = str(child.run) if child.run else None
+        return [info for info, their_run in self._adopted().by_id.get(str(child.id), ())
+                if run is None or their_run is None or their_run == run]
 
-    async def has_late_orphans(self, process_id: int) -> bool:
+    async def has_late_orphans(self, child: Child) -> bool:
         """Whether orphans of this record are left once a stop's pass is over.
 
         An orphan caught inside ``execve`` shows no environment for a moment (see
@@ -134,7 +138,7 @@ class Trees:
         """
         while True:
             adopted = self._adopted()
-            if str(process_id) in adopted.by_id:
+            if self._orphans_of(child):
                 return True
             if not adopted.unsettled:
                 return False
@@ -166,7 +170,7 @@ class Trees:
                     first_seen = unsure[key] = self._unsure_since.get(key, now)
                     adopted.unsettled |= now - first_seen < ORPHAN_SETTLE
                 elif ID_VAR in marker and marker.get(INSTANCE_VAR) == self._markers.instance:
-                    adopted.by_id.setdefault(marker[ID_VAR], []).append(info)
+                    adopted.by_id.setdefault(marker[ID_VAR], []).append((info, marker.get(RUN_VAR)))
             self._unsure_since = unsure
             self._adopted_now = adopted
             self._loop.call_soon(self._forget_adopted)

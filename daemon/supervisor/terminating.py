@@ -181,7 +181,7 @@ class Terminating:
                         self._log.info("process.stopping", process_id=proc.id,
                                        signal=oskit.signal_name(sig), grace=grace)
                     status = await trees.stop_members(child, members, grace)
-                    if not await trees.has_late_orphans(proc.id):
+                    if not await trees.has_late_orphans(child):
                         break
             finally:
                 trees.stop_sets.pop(proc.id, None)

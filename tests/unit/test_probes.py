@@ -18,8 +18,9 @@ from structlog.testing import capture_logs
 from daemon.keeper.pump import punch
 from daemon.managed import HealthCheck, Ready
 from daemon.output import OutputStore
-from daemon.supervisor import probes
-from daemon.supervisor.probes import MAX_LINE, HealthWatch, probe, wait_ready
+from daemon.supervisor import probes, readiness
+from daemon.supervisor.probes import HealthWatch, probe
+from daemon.supervisor.readiness import MAX_LINE, wait_ready
 from tests.helpers import PYTHON, alive, async_wait_for, free_port, wait_for
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -163,6 +164,50 @@ async def test_tcp_accepted_then_refused() -> None:
     assert await probe(check, env=ENV, cwd=None) == "connection refused"
 
 
+@pytest.fixture
+def full_backlog() -> Iterator[socket.socket]:
+    """A listener that never accepts, its queue full: a connection to it stays in
+    SYN_SENT (its SYNs dropped) until something is accepted. The one slow path of a
+    TCP probe on loopback."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.create_connection(listener.getsockname(), timeout=10)   # fills the queue
+    try:
+        yield listener
+    finally:
+        filler.close()
+        listener.close()
+
+
+def drain(listener: socket.socket) -> None:
+    listener.setblocking(False)
+    try:
+        while True:
+            listener.accept()[0].close()
+    except BlockingIOError:
+        pass
+
+
+async def test_tcp_times_out_on_a_full_backlog(full_backlog: socket.socket) -> None:
+    check = HealthCheck("tcp", port=full_backlog.getsockname()[1], timeout_ms=200)
+    assert await probe(check, env=ENV, cwd=None) == "timed out after 200 ms"
+
+
+async def test_tcp_accepted_once_the_backlog_drains(full_backlog: socket.socket) -> None:
+    # connect() cannot tell at once: the probe waits for the socket to turn writable
+    check = HealthCheck("tcp", port=full_backlog.getsockname()[1], timeout_ms=60_000)
+    task = asyncio.ensure_future(probe(check, env=ENV, cwd=None))
+    try:
+        done, _ = await asyncio.wait([task], timeout=0.3)
+        assert not done
+        drain(full_backlog)                 # the SYN sent again (after ~1 s) gets in
+        assert await asyncio.wait_for(task, 20) is None
+    finally:
+        task.cancel()
+        drain(full_backlog)
+
+
 # --- exec -----------------------------------------------------------------------------------
 
 async def test_exec_exit_status_is_the_answer() -> None:
@@ -269,6 +314,56 @@ def test_exec_under_uvloop(tmp_path: Path) -> None:
     wait_for(lambda: not any(alive(pid) for pid in pids), what="the timed-out probe to be gone")
 
 
+TCP_UVLOOP_SCRIPT = """
+import asyncio, json, os, socket, uvloop
+from daemon.managed import HealthCheck
+from daemon.supervisor.probes import HealthWatch, probe
+
+async def main():
+    fds = len(os.listdir("/proc/self/fd"))
+    out = {}
+    up = socket.socket(); up.bind(("127.0.0.1", 0)); up.listen(16)
+    full = socket.socket(); full.bind(("127.0.0.1", 0)); full.listen(0)
+    filler = socket.create_connection(full.getsockname(), timeout=10)
+    check = lambda s, **f: HealthCheck("tcp", port=s.getsockname()[1], **f)
+    out["up"] = await probe(check(up), env={}, cwd=None)
+    out["full"] = await probe(check(full, timeout_ms=200), env={}, cwd=None)
+    late = asyncio.ensure_future(probe(check(full, timeout_ms=60000), env={}, cwd=None))
+    await asyncio.sleep(0.2)
+    full.setblocking(False)
+    full.accept()[0].close()                 # room for the SYN sent again
+    out["late"] = await asyncio.wait_for(late, 20)
+    results = []
+    watch = HealthWatch(check(up, initial_delay_ms=0, interval_ms=10), env={}, cwd=None,
+                        on_result=lambda *r: results.append(r), on_unhealthy=print)
+    watch.start()
+    while len(results) < 3:
+        await asyncio.sleep(0.01)
+    await watch.aclose()
+    out["watch"] = results[:3]
+    port = up.getsockname()[1]
+    up.close()
+    out["refused"] = await probe(HealthCheck("tcp", port=port), env={}, cwd=None)
+    filler.close(); full.close()
+    out["fds"] = len(os.listdir("/proc/self/fd")) - fds
+    return out
+
+with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    print(json.dumps(runner.run(main())))
+"""
+
+
+def test_tcp_under_uvloop() -> None:
+    # The daemon's default loop, whose add_writer/remove_writer are libuv's.
+    pytest.importorskip("uvloop")
+    done = subprocess.run([PYTHON, "-c", TCP_UVLOOP_SCRIPT], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "up": None, "full": "timed out after 200 ms", "late": None,
+        "watch": [[True, None, 0]] * 3, "refused": "connection refused", "fds": 0}
+
+
 # --- HealthWatch ------------------------------------------------------------------------------
 
 class Recorder:
@@ -336,8 +431,7 @@ async def test_stop_inside_on_result_ends_it_without_on_unhealthy(server: Web, r
     watch.start()
 
     async def ended() -> bool:
-        return recorder.watch is not None and recorder.watch._task is not None \
-            and recorder.watch._task.done()
+        return not watch.active
     await async_wait_for(ended, what="the watch to end")
     assert recorder.results == [(False, "HTTP 500", 1)]
     assert recorder.unhealthy == []
@@ -416,6 +510,67 @@ async def test_stop_before_start_and_a_failing_callback(server: Web) -> None:
     assert [entry["event"] for entry in logs] == ["health.watch_failed"]
 
 
+async def test_tcp_watch_connects_each_time_then_counts_refusals(recorder: Recorder) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.setblocking(False)
+    accepted = 0
+    record = recorder.on_result
+
+    def on_result(healthy: bool, reason: str | None, failures: int) -> None:
+        nonlocal accepted
+        record(healthy, reason, failures)
+        try:
+            while healthy:
+                listener.accept()[0].close()
+                accepted += 1
+        except BlockingIOError:
+            pass
+        if len(recorder.results) == 3:
+            listener.close()          # the service goes away: refused from now on
+    try:
+        watch = HealthWatch(HealthCheck("tcp", port=listener.getsockname()[1], failure_threshold=2,
+                                        **FAST), env=ENV, cwd=None, on_result=on_result,
+                            on_unhealthy=recorder.on_unhealthy)
+        recorder.watch = watch
+        watch.start()
+
+        async def unhealthy() -> bool:
+            return bool(recorder.unhealthy)
+        await async_wait_for(unhealthy, what="on_unhealthy")
+        assert recorder.results == [(True, None, 0)] * 3 + [(False, "connection refused", 1),
+                                                           (False, "connection refused", 2)]
+        assert recorder.unhealthy == ["connection refused"] and not watch.active
+        assert accepted == 3          # one real connection per healthy probe
+    finally:
+        listener.close()
+
+
+async def test_tcp_watch_times_out_and_a_stop_mid_connect_leaves_no_socket(
+        full_backlog: socket.socket, recorder: Recorder) -> None:
+    port = full_backlog.getsockname()[1]
+    recorder.watch_for(HealthCheck("tcp", port=port, failure_threshold=2,
+                                   **{**FAST, "timeout_ms": 100})).start()
+
+    async def unhealthy() -> bool:
+        return bool(recorder.unhealthy)
+    await async_wait_for(unhealthy, what="on_unhealthy")
+    assert recorder.unhealthy == ["timed out after 100 ms"]
+    assert recorder.results == [(False, "timed out after 100 ms", 1),
+                                (False, "timed out after 100 ms", 2)]
+
+    waiting = Recorder()
+    watch = waiting.watch_for(HealthCheck("tcp", port=port, **{**FAST, "timeout_ms": 60_000}))
+    watch.start()
+
+    async def connecting() -> bool:
+        return watch._connecting is not None   # waiting for the socket to turn writable
+    await async_wait_for(connecting, what="a connection in progress")
+    await watch.aclose()          # its socket closed (the no_leaks fixture counts fds)
+    assert waiting.results == [] and not watch.active
+
+
 # --- readiness ----------------------------------------------------------------------------
 
 @pytest.fixture
@@ -477,7 +632,7 @@ async def test_a_long_line_is_cut(store: OutputStore) -> None:
 
 
 def test_line_memory_is_bounded() -> None:
-    lines = probes._Lines(source=None, start=0)  # type: ignore[arg-type]
+    lines = readiness._Lines(source=None, start=0)  # type: ignore[arg-type]
     for _ in range(20):
         assert lines.feed(b"y" * 100_000) == []
     assert len(lines.partial) == MAX_LINE
