@@ -48,7 +48,9 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                        help="a services file to apply once the daemon is ready (see `apply`)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(client_commands: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; ``client_commands=False`` leaves the client commands out (for
+    ``serve``: their modules are the CLI's, and a running daemon should not carry them)."""
     from . import __version__
     parser = argparse.ArgumentParser(
         prog="stablehand", description="Stablehand process supervisor",
@@ -60,12 +62,30 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(sub)
     sub.add_parser("keeper", help="hold the children of one state dir (the daemon starts it; "
                    "see `stablehand keeper --help`)")
-    from .cli_client import add_client_commands
-    add_client_commands(sub)
+    if client_commands:
+        from .cli_client import add_client_commands
+        add_client_commands(sub)
     return parser
 
 
+def _keep_renderers_out() -> None:
+    """Keep rich (and better-exceptions) out of the serving process: about 4 MiB of RSS.
+
+    ``import structlog`` imports ``structlog.dev``, which imports rich whenever it is
+    installed (it is: ``mcp`` pulls in typer, which pulls in rich), only to pick a default
+    exception formatter for ``ConsoleRenderer``. The daemon never uses it: ``logs.configure``
+    puts ``format_exc_info`` ahead of either renderer, so tracebacks reach ``ConsoleRenderer``
+    already as plain text, and the lines are the same with or without rich. A ``None`` in
+    ``sys.modules`` makes ``import rich`` raise ImportError, which structlog handles. Done in
+    ``serve`` only: the client commands and ``stablehand mcp`` are other processes and may
+    import what they like; a module already imported is left alone.
+    """
+    for name in ("rich", "better_exceptions"):
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    _keep_renderers_out()  # before anything imports structlog
     import asyncio
 
     from . import config as config_module
@@ -108,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["keeper"]:   # before anything else is imported: see daemon/keeper
         from .keeper.main import main as keeper_main
         return keeper_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser(client_commands=argv[:1] != ["serve"]).parse_args(argv)
     if args.command == "serve":
         return run_serve(args)
     if args.command == "mcp":

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import grp
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -200,6 +199,7 @@ def load(
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # here: a daemon started without --config never needs it (memory, issue 21)
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)

@@ -35,17 +35,21 @@ import signal
 import socket
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 
-from . import oskit, services_apply, statedir, systemd, tokens
+from . import oskit, statedir, systemd, tokens
 from .config import Config, ConfigError
 from .http import connections
 from .http.keys import SUPERVISOR
 from .http.middlewares import AccessLogger
 from .lifecycle import StartupError, make_daemon_app
 from .supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from . import services_apply
 
 __all__ = ["StartupError", "serve"]
 
@@ -151,7 +155,12 @@ def _prepare_socket_dir(path: Path) -> None:
 
 
 async def serve(config: Config, sd: systemd.SystemdEnv) -> int:
-    declared = services_apply.load_for_serve(config.services) if config.services else None
+    declared = None
+    if config.services:
+        # Imported here: it brings the HTTP client and the services file's parser (tomllib),
+        # which a daemon started without --services never needs (memory, issue 21).
+        from . import services_apply
+        declared = services_apply.load_for_serve(config.services)
     # 0700: the registry keeps each caller's env (often secrets) and the output files.
     try:
         statedir.prepare_dir(config.state_dir)

@@ -291,6 +291,8 @@ class KeeperClient:
     async def close(self) -> None:
         """Close our end (``on_lost`` is not called); the keeper and its children go on."""
         self._on_lost = None
+        if self._corked:   # this turn's requests (acks, say) still go out before the close
+            self._flush()
         self._gone("the client closed the connection")
 
     def _send(self, message: dict[str, Any], future: asyncio.Future[dict[str, Any]]) -> int:

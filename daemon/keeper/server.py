@@ -152,8 +152,18 @@ class Keeper:
         self._serve(conn)
 
     def _serve(self, conn: Connection) -> None:
-        """Answer the complete requests received, while replies are not piling up."""
-        while not conn.closing and not conn.closed and not conn.paused:
+        """Answer the complete requests received, while replies are not piling up.
+
+        Replies are queued and sent together; once more than PAUSE_AT wait, what the
+        socket takes is sent, and requests are read on only if that drained them
+        (else the connection waits to be writable, and this runs again from there).
+        """
+        while not conn.closing and not conn.closed:
+            if conn.paused:
+                if not conn.flush():
+                    return self._drop(conn)
+                if conn.paused:
+                    break
             try:
                 line = conn.next_line()
             except OverflowError:

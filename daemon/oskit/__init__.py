@@ -7,6 +7,7 @@ Split by job, every public name re-exported here (the rest of the daemon uses
   open), /proc reading, process-tree walks, environment markers.
 * :mod:`.signals` — signal names and numbers, exit statuses, pidfd and group
   signalling, the dispositions the keeper inherits, the fd limit.
+* :mod:`.memory` — giving freed heap pages back to the kernel (``malloc_trim``).
 
 The daemon spawns and reaps nothing but its keeper: children are spawned and
 reaped by the keeper (:mod:`daemon.keeper`, which has its own standard-library
@@ -17,6 +18,7 @@ Each module's docstring gives its reasons.
 
 from __future__ import annotations
 
+from .memory import trim_heap
 from .proc import (
     PROC,
     ProcInfo,
@@ -53,5 +55,5 @@ __all__ = [
     "descendants", "environ_marker", "group_has_members", "is_alive", "open_pidfd",
     "open_verified_pidfd", "pidfd_signal", "proc_info", "proc_table", "process_exists",
     "raise_nofile_limit", "reset_inherited_signals", "send_via_pidfd", "signal_group",
-    "signal_name", "signal_number", "start_ticks", "tree_of", "valid_signals",
+    "signal_name", "signal_number", "start_ticks", "tree_of", "trim_heap", "valid_signals",
 ]

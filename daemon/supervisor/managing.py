@@ -78,7 +78,7 @@ class Managing:
         spec, state = proc.managed, proc.managed_state
         assert spec is not None and state is not None
         if not resumed:
-            state.run += 1
+            state.run = child.run or state.run + 1   # the number its marker carries
             state.status = Status.STARTING if spec.ready else Status.RUNNING
             state.health_status = Health.STARTING if spec.health_check else Health.DISABLED
             state.consecutive_health_failures = 0

@@ -36,7 +36,7 @@ from .. import oskit
 from ..keeper.client import ChildInfo, ExitEvent, Listing
 from ..managed import Status
 from ..model import LIVE, Event, Process, State, iso_to_epoch, now_iso, stopped_event
-from .children import ID_VAR, INSTANCE_VAR, Child, Markers, run_of
+from .children import ID_VAR, INSTANCE_VAR, RUN_VAR, Child, Markers, run_of
 from .terminating import wall
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ async def reconcile(runner: Runner, listing: Listing) -> None:
             assert proc.pid is not None   # a pidfd was opened for it
             _adopt(runner, proc, runner.children.new(
                 proc.id, proc.pid, int(proc.pid_start_time or 0), pidfd, kept=False,
-                run=run_of(proc, next_run=False)))
+                run=_run_of_leader(runner, proc, proc.pid)))
     for event in exits.values():   # of records already idle (or deleted): only acknowledged
         runner.keeper_exit(event)
     _stop_strays(runner, marked)
@@ -101,7 +101,7 @@ async def _keep(runner: Runner, proc: Process, info: ChildInfo | None, event: Ex
         await _save_pid(runner, proc)
     child = runner.children.new(proc.id, pid, ticks if ticks is not None else -1, -1, kept=True,
                                 stdin_open=info is not None and info.stdin_open,
-                                run=run_of(proc, next_run=False))
+                                run=_run_of_leader(runner, proc, pid if info is not None else 0))
     _adopt(runner, proc, child)
     if event is not None:
         runner.keeper_exit(event)
@@ -203,6 +203,18 @@ async def _record_lost(runner: Runner, proc: Process) -> None:
             "exit status lost: the process ended while the daemon was not running"))
     else:
         await runner.finish(proc, stopped_event(proc.stop_reason))
+
+
+def _run_of_leader(runner: Runner, proc: Process, pid: int) -> int:
+    """A managed run's number, as its leader's marker says where it can be read: the
+    registry's may be one behind (a crash between the spawn and the run's commit)."""
+    run = run_of(proc, next_run=False)
+    if run and pid:
+        marker = runner.markers.read(pid) or {}
+        value = marker.get(RUN_VAR, "")
+        if value.isascii() and value.isdigit():
+            run = max(run, int(value))
+    return run
 
 
 def _adopt(runner: Runner, proc: Process, child: Child) -> None:

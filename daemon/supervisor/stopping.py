@@ -120,11 +120,12 @@ class Trees:
         return members
 
     def _orphans_of(self, child: Child) -> list[oskit.ProcInfo]:
-        """The keeper's children that are not leaders but carry this child's STABLEHAND_ID
-        (and, for a managed run, its STABLEHAND_RUN: never another run's orphans)."""
-        run = str(child.run) if child.run else None
+        """The keeper's children that are not leaders but carry this child's STABLEHAND_ID,
+        except, for a managed run, those of a later run (STABLEHAND_RUN above its own):
+        stopping a run takes what it and earlier runs left, never the next run's."""
         return [info for info, their_run in self._adopted().by_id.get(str(child.id), ())
-                if run is None or their_run is None or their_run == run]
+                if not child.run or their_run is None or not their_run.isdigit()
+                or int(their_run) <= child.run]
 
     async def has_late_orphans(self, child: Child) -> bool:
         """Whether orphans of this record are left once a stop's pass is over.

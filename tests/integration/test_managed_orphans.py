@@ -63,3 +63,22 @@ async def test_stopping_what_run_1_left_spares_the_orphan_of_run_2(
     assert final["exitState"] == "canceled"
     await async_wait_for(_holds(lambda: not alive(left_by_2)), timeout=10,
                          what="the stop of run 2 to take its own orphan")
+
+
+async def test_the_last_stop_takes_what_earlier_runs_left(make_daemon: Any, tmp_path: Path) -> None:
+    """Killed while run 1's leftovers are still in their grace: idle means they are gone too."""
+    client = await make_daemon(grace=3.0)
+    record = await start(client, argv=["sh", "-c", SCRIPT], env={"DIR": str(tmp_path)},
+                         restart={"policy": "on_failure", "initialBackoffMs": 100,
+                                  "maxBackoffMs": 100})
+    await async_wait_for(_holds(lambda: _pid(tmp_path / "run2") is not None), timeout=10,
+                         what="run 2 to start")
+    left_by_1, left_by_2 = _pid(tmp_path / "run1"), _pid(tmp_path / "run2")
+    assert left_by_1 is not None and left_by_2 is not None and alive(left_by_1)
+
+    response = await client.post(f"/processes/{record['id']}/signals/kill")
+    assert response.status == 200
+    final = await wait_idle(client, record["id"], timeout=15)
+    assert final["exitState"] == "canceled"
+    assert not alive(left_by_1), "idle, yet an orphan of its run 1 is still alive"
+    assert not alive(left_by_2)

@@ -16,8 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from daemon.oskit import ProcInfo, children_of, descendants, is_alive, proc_info, start_ticks, tree_of
-from daemon.oskit.proc import _parse_stat
+from daemon.oskit import (
+    ProcInfo,
+    children_of,
+    descendants,
+    environ_marker,
+    is_alive,
+    proc_info,
+    proc_table,
+    start_ticks,
+    tree_of,
+)
+from daemon.oskit.proc import _parse_stat, parse_environ
 from tests.helpers import wait_for
 
 # Fields 3 to 22 of a stat line, after "pid (comm) ": state, ppid, pgrp, session, ... starttime.
@@ -100,6 +110,62 @@ def test_descendants_follow_parent_links_down_a_real_tree() -> None:
     finally:
         os.killpg(shell.pid, 9)
         shell.wait()
+
+
+# --- environments and the process table, read from /proc without psutil --------------------
+
+@pytest.mark.parametrize(("block", "env"), [
+    (b"A=1\0B=two words\0", {"A": "1", "B": "two words"}),
+    (b"A=b=c\0", {"A": "b=c"}),                          # split at the first '='
+    (b"=x\0noequals\0A=1\0", {"A": "1"}),                # no name, no '=': skipped
+    (b"A=1\0A=2\0", {"A": "2"}),
+    (b"A=\0", {"A": ""}),
+    (b"A=1\0\0B=2\0", {"A": "1"}),                      # an empty entry ends the block
+    (b"A=1\0B=2", {"A": "1"}),                           # so does a last entry without its NUL
+    (b"\0A=1\0", {}),
+    (b"", {}),
+    (b"K=\xff\xfe\0", {"K": "\udcff\udcfe"}),             # undecodable bytes kept as surrogates
+])
+def test_parse_environ_reads_a_block_as_psutil_did(block: bytes, env: dict[str, str]) -> None:
+    assert parse_environ(block) == env
+
+
+def test_environ_marker_of_a_real_child_and_of_a_gone_one() -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "STABLEHAND_ID": "42", "OTHER": "a=b"}
+    child = subprocess.Popen(["sleep", "60"], env=env)
+    try:
+        wait_for(lambda: environ_marker(child.pid, ["STABLEHAND_ID"]) is not None,
+                 what="the child's environment")
+        assert environ_marker(child.pid, ["STABLEHAND_ID", "OTHER", "MISSING"]) == \
+            {"STABLEHAND_ID": "42", "OTHER": "a=b"}
+        assert environ_marker(child.pid, ["MISSING"]) == {}
+    finally:
+        child.kill()
+        child.wait()
+    assert environ_marker(child.pid, ["STABLEHAND_ID"]) is None   # gone: cannot be told
+
+
+def test_environ_marker_of_an_empty_environment_is_unknown() -> None:
+    child = subprocess.Popen(["/bin/sleep", "60"], env={})
+    try:
+        wait_for(lambda: Path(f"/proc/{child.pid}/comm").read_text() == "sleep\n", what="exec")
+        assert environ_marker(child.pid, ["STABLEHAND_ID"]) is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_proc_table_lists_every_process_in_pid_order() -> None:
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        table = proc_table()
+        pids = [info.pid for info in table]
+        assert pids == sorted(pids)
+        assert {os.getpid(), child.pid} <= set(pids)
+        assert next(info for info in table if info.pid == child.pid).ppid == os.getpid()
+    finally:
+        child.kill()
+        child.wait()
 
 
 # --- tree_of on written-out tables ---------------------------------------------------------
