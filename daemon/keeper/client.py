@@ -48,6 +48,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from . import protocol
 from .records import (
     ERRORS,
@@ -72,6 +74,26 @@ __all__ = ["ChildInfo", "ExitEvent", "KeeperClient", "KeeperError", "KeeperGone"
            "StdinClosed", "StdinFull", "connect_or_start"]
 
 MAX_REPLY = 256 * 1024 * 1024
+
+
+def _dumps(message: dict[str, Any]) -> bytes:
+    """A request line. orjson (the daemon has it): a spawn with a 36-variable env encodes
+    in 2.5 µs instead of 25. The standard library's encoder takes over for a string
+    orjson refuses: a lone surrogate, as ``os.environ`` holds for bytes that are not UTF-8
+    (escaped as ``\\udcXX``, which the keeper's decoder turns back into the same string)."""
+    try:
+        return orjson.dumps(message) + b"\n"
+    except TypeError:
+        return protocol.encode(message)
+
+
+def _loads(line: bytes) -> Any:
+    """A line from the keeper: orjson, or the standard library for what orjson refuses (a
+    lone surrogate's escape, as in a non-UTF-8 argv the keeper names in an error)."""
+    try:
+        return orjson.loads(line)
+    except ValueError:
+        return json.loads(line)
 _PEERCRED = struct.Struct("3i")
 
 
@@ -90,7 +112,7 @@ class _Protocol(asyncio.Protocol):
             start = end + 1
             if self.client is not None:
                 try:
-                    message = json.loads(line)
+                    message = _loads(line)
                 except ValueError:
                     self.client._gone("the keeper sent a line that is not JSON")
                     return
@@ -302,7 +324,7 @@ class KeeperClient:
         self._pending[seq] = future
         if not self._corked:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._corked.append(protocol.encode({**message, "seq": seq}))
+        self._corked.append(_dumps({**message, "seq": seq}))
         return seq
 
     def _flush(self) -> None:

@@ -44,6 +44,7 @@ from .table import ChildTable
 HELLO_TIMEOUT = 10.0
 MAX_UNGREETED = 16
 KILL_WAIT = 5.0                  # after SIGKILL at shutdown, the most we wait for exits
+REPLY_DELAY = 0.0002             # replies queued this long are sent (see Keeper._serve)
 
 
 def log(event: str, **fields: Any) -> None:
@@ -154,11 +155,19 @@ class Keeper:
     def _serve(self, conn: Connection) -> None:
         """Answer the complete requests received, while replies are not piling up.
 
-        Replies are queued and sent together; once more than PAUSE_AT wait, what the
-        socket takes is sent, and requests are read on only if that drained them
-        (else the connection waits to be writable, and this runs again from there).
+        Replies are queued and sent together, as soon as REPLY_DELAY has passed since the
+        first of them was queued: cheap requests (a bulk stop's signals) are answered in
+        one send, while a spawn (a fork and an exec) is answered before the next one
+        begins, so the daemon goes on with it meanwhile. Once more than PAUSE_AT wait,
+        what the socket takes is sent, and requests are read on only if that drained
+        them (else the connection waits to be writable, and this runs again from there).
         """
+        since = time.monotonic()
         while not conn.closing and not conn.closed:
+            if conn.outbuf and time.monotonic() - since > REPLY_DELAY:
+                if not conn.flush():
+                    return self._drop(conn)
+                since = time.monotonic()
             if conn.paused:
                 if not conn.flush():
                     return self._drop(conn)
