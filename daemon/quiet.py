@@ -32,7 +32,7 @@ class TrimWhenQuiet:
     def touch(self) -> None:
         """Something happened: trim once ``delay`` seconds pass without anything more."""
         self._activity += 1
-        if self._timer is None:
+        if self._timer is None or self._timer.cancelled():
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:

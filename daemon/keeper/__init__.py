@@ -43,7 +43,7 @@ Decisions where the issue is silent:
   A daemon that restarted must not be locked out by its half-dead predecessor;
   two live daemons are already kept apart by the daemon's own lock.
 - Exits are delivered at least once: as an event when they happen (after the
-  fsync), and in every ``list`` until acknowledged. The daemon handles them
+  journal's fdatasync), and in every ``list`` until acknowledged. The daemon handles them
   idempotently by id and acks after its commit.
 - Signals go through the child's pidfd; ``group`` adds ``killpg`` on the child's
   pid, safe because the keeper, the only reaper, has not reaped the leader. A

@@ -14,6 +14,7 @@ writable column raises :class:`UnknownColumn` at once instead of dropping it.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import json
 import re
@@ -70,16 +71,22 @@ def row_to_process(row: Sequence[Any]) -> Process:
     return Process(**data)
 
 
+def _tty_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+# The columns whose values are stored as text of their own; every other value is stored
+# as it is, an enum as its value. One dict lookup per column: an insert converts 37.
+_CONVERTERS: dict[str, Any] = {
+    **{key: json.dumps for key in _JSON_COLUMNS},
+    "managed": spec_to_text, "managed_state": state_to_text, "tty": _tty_text}
+
+
 def to_column(key: str, value: Any) -> Any:
-    if key in _JSON_COLUMNS:
-        return json.dumps(value)
-    if key == "managed":
-        return spec_to_text(value)
-    if key == "managed_state":
-        return state_to_text(value)
-    if key == "tty":
-        return None if value is None else json.dumps(value)
-    if hasattr(value, "value"):  # enums
+    convert = _CONVERTERS.get(key)
+    if convert is not None:
+        return convert(value)
+    if isinstance(value, enum.Enum):
         return value.value
     return value
 

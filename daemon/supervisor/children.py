@@ -99,6 +99,14 @@ class Markers:
         return oskit.environ_marker(pid, (ID_VAR, INSTANCE_VAR, RUN_VAR))
 
 
+def run_number(value: str | None) -> int | None:
+    """A STABLEHAND_RUN value as a run number; None unless it is ASCII digits (it comes
+    from a process's own environment, which the process may have set to anything)."""
+    if value is None or not value.isascii() or not value.isdigit():
+        return None
+    return int(value)
+
+
 def run_of(proc: Process, *, next_run: bool) -> int:
     """The number a managed record's run carries in its marker: the run about to be
     spawned (``next_run``) or the one running now; 0 for a record that is not managed."""

@@ -132,6 +132,7 @@ class Supervisor(ProcessCalls):
         for child in self._children.all():
             self._children.forget(child)
         await self._unsaved.close()
+        self.metrics.quiet.close()   # no heap-trim timer left on a loop that is ending
 
     # --- queries ---------------------------------------------------------------------
 

@@ -11,10 +11,10 @@ in running.py and reconcile.py.
   none answers. Under systemd the keeper runs in a unit of its own and the
   daemon, with ``keeper = "external"``, only waits for it to answer
   (docs/operations.md).
-* **Exits** arrive as events, each already fsynced to the keeper's journal. Until
+* **Exits** arrive as events, each already synced to the keeper's journal. Until
   :meth:`ready` (the start-up reconcile has read the keeper's listing), events are
   held back; afterwards they go to ``on_exit``. An exit is acknowledged
-  (:meth:`ack_soon`, batched per turn of the loop) only once the record's end is
+  (:meth:`ack_soon`, those of ACK_DELAY together) only once the record's end is
   committed, so a daemon crash in between replays it. One exception: a managed
   run's exit is acknowledged once its end is committed *or* kept unsaved, because
   the keeper refuses the next run under the same id until then (managing.py).

@@ -36,7 +36,7 @@ from .. import oskit
 from ..keeper.client import ChildInfo, ExitEvent, Listing
 from ..managed import Status
 from ..model import LIVE, Event, Process, State, iso_to_epoch, now_iso, stopped_event
-from .children import ID_VAR, INSTANCE_VAR, RUN_VAR, Child, Markers, run_of
+from .children import ID_VAR, INSTANCE_VAR, RUN_VAR, Child, Markers, run_number, run_of
 from .terminating import wall
 
 if TYPE_CHECKING:
@@ -210,10 +210,9 @@ def _run_of_leader(runner: Runner, proc: Process, pid: int) -> int:
     registry's may be one behind (a crash between the spawn and the run's commit)."""
     run = run_of(proc, next_run=False)
     if run and pid:
-        marker = runner.markers.read(pid) or {}
-        value = marker.get(RUN_VAR, "")
-        if value.isascii() and value.isdigit():
-            run = max(run, int(value))
+        marker_run = run_number((runner.markers.read(pid) or {}).get(RUN_VAR))
+        if marker_run is not None:
+            run = max(run, marker_run)
     return run
 
 

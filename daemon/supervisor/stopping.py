@@ -26,7 +26,7 @@ from typing import Any
 from .. import oskit
 from ..config import Config
 from ..keeper.client import KeeperError, KeeperGone
-from .children import ID_VAR, INSTANCE_VAR, RUN_VAR, Child, Children, Markers, resolve_once
+from .children import ID_VAR, INSTANCE_VAR, RUN_VAR, Child, Children, Markers, resolve_once, run_number
 from .kept import KeeperLink
 
 KILL_WAIT = 5.0          # after SIGKILL, how long to wait for the tree to vanish
@@ -124,8 +124,7 @@ class Trees:
         except, for a managed run, those of a later run (STABLEHAND_RUN above its own):
         stopping a run takes what it and earlier runs left, never the next run's."""
         return [info for info, their_run in self._adopted().by_id.get(str(child.id), ())
-                if not child.run or their_run is None or not their_run.isdigit()
-                or int(their_run) <= child.run]
+                if not child.run or (run := run_number(their_run)) is None or run <= child.run]
 
     async def has_late_orphans(self, child: Child) -> bool:
         """Whether orphans of this record are left once a stop's pass is over.

@@ -82,3 +82,23 @@ async def test_the_last_stop_takes_what_earlier_runs_left(make_daemon: Any, tmp_
     assert final["exitState"] == "canceled"
     assert not alive(left_by_1), "idle, yet an orphan of its run 1 is still alive"
     assert not alive(left_by_2)
+
+
+async def test_an_orphan_that_sets_an_odd_run_marker_is_still_stopped(
+        client: Any, tmp_path: Path) -> None:
+    """STABLEHAND_RUN comes from the process's own environment: '²' is a digit to
+    str.isdigit but no number to int(). The stop must not break on it; not a number
+    means "cannot tell which run", and the orphan carries the record's id: it is taken."""
+    script = ('(STABLEHAND_RUN=² exec sleep 300 & echo $! > "$DIR/odd.tmp"; '
+              'mv "$DIR/odd.tmp" "$DIR/odd"); exec sleep 300')
+    record = await start(client, argv=["sh", "-c", script], env={"DIR": str(tmp_path)},
+                         restart={"policy": "on_failure"})
+    await async_wait_for(_holds(lambda: _pid(tmp_path / "odd") is not None), what="the orphan")
+    odd = _pid(tmp_path / "odd")
+    assert odd is not None and alive(odd)
+
+    response = await client.post(f"/processes/{record['id']}/signals/kill")
+    assert response.status == 200
+    final = await wait_idle(client, record["id"], timeout=15)
+    assert final["exitState"] == "canceled"
+    assert not alive(odd)
