@@ -40,8 +40,9 @@ def _pid(path: Path) -> int | None:
         return None
 
 
-async def test_stopping_what_run_1_left_spares_the_orphan_of_run_2(
-        make_daemon: Any, tmp_path: Path) -> None:
+async def _two_runs(make_daemon: Any, tmp_path: Path) -> tuple[Any, dict[str, Any], int, int]:
+    """A daemon with a 3 s grace running SCRIPT: (client, record, run 1's orphan, run 2's),
+    once run 2 has left its orphan (run 1's is then in the grace of its stop)."""
     client = await make_daemon(grace=3.0)
     record = await start(client, argv=["sh", "-c", SCRIPT], env={"DIR": str(tmp_path)},
                          restart={"policy": "on_failure", "initialBackoffMs": 100,
@@ -51,6 +52,12 @@ async def test_stopping_what_run_1_left_spares_the_orphan_of_run_2(
     left_by_1, left_by_2 = _pid(tmp_path / "run1"), _pid(tmp_path / "run2")
     assert left_by_1 is not None and left_by_2 is not None
     assert alive(left_by_1), "run 1's orphan ignores SIGTERM: it lives until the grace is over"
+    return client, record, left_by_1, left_by_2
+
+
+async def test_stopping_what_run_1_left_spares_the_orphan_of_run_2(
+        make_daemon: Any, tmp_path: Path) -> None:
+    client, record, left_by_1, left_by_2 = await _two_runs(make_daemon, tmp_path)
 
     await async_wait_for(_holds(lambda: not alive(left_by_1)), timeout=10,
                          what="run 1's orphan to be SIGKILLed once its grace was over")
@@ -67,14 +74,7 @@ async def test_stopping_what_run_1_left_spares_the_orphan_of_run_2(
 
 async def test_the_last_stop_takes_what_earlier_runs_left(make_daemon: Any, tmp_path: Path) -> None:
     """Killed while run 1's leftovers are still in their grace: idle means they are gone too."""
-    client = await make_daemon(grace=3.0)
-    record = await start(client, argv=["sh", "-c", SCRIPT], env={"DIR": str(tmp_path)},
-                         restart={"policy": "on_failure", "initialBackoffMs": 100,
-                                  "maxBackoffMs": 100})
-    await async_wait_for(_holds(lambda: _pid(tmp_path / "run2") is not None), timeout=10,
-                         what="run 2 to start")
-    left_by_1, left_by_2 = _pid(tmp_path / "run1"), _pid(tmp_path / "run2")
-    assert left_by_1 is not None and left_by_2 is not None and alive(left_by_1)
+    client, record, left_by_1, left_by_2 = await _two_runs(make_daemon, tmp_path)
 
     response = await client.post(f"/processes/{record['id']}/signals/kill")
     assert response.status == 200
