@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 
 RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0)   # between attempts to find a keeper again
+EXITS_WAIT = 2.0   # start-up waits this long at most for the exits it found to be committed
 
 
 async def reconcile(runner: Runner, listing: Listing) -> None:
@@ -51,6 +52,7 @@ async def reconcile(runner: Runner, listing: Listing) -> None:
     kept = {info.id: info for info in listing.children}
     exits = {event.id: event for event in listing.exits}
     marked = _scan_markers(runner.markers)
+    found_exits: list[int] = []   # live records whose child exited while no daemon watched
     for proc in records:
         runner.table.load(proc)
     for proc in records:
@@ -63,6 +65,8 @@ async def reconcile(runner: Runner, listing: Listing) -> None:
             runner.managing.resume(proc, None)   # between runs: the next starts when it was due
             continue
         if proc.id in kept or proc.id in exits:
+            if proc.id in exits:
+                found_exits.append(proc.id)
             await _keep(runner, proc, kept.get(proc.id), exits.pop(proc.id, None))
             continue
         found = marked.get(proc.id)
@@ -88,7 +92,31 @@ async def reconcile(runner: Runner, listing: Listing) -> None:
         runner.keeper_exit(event)
     _stop_strays(runner, marked)
     for event in runner.keeper.ready():
+        found_exits.append(event.id)
         runner.keeper_exit(event)
+    await _recorded(runner, found_exits)
+
+
+async def _recorded(runner: Runner, ids: list[int]) -> None:
+    """Wait (EXITS_WAIT at most) until the exits found at start-up are committed, so that
+    the restarted daemon's first answers already show what happened while it was down. A
+    record whose leader left processes behind is idle only once those are stopped too,
+    within its grace: start-up does not wait for that, nor for a managed record (its exit
+    ends a run, not the record)."""
+    waiters: list[tuple[int, asyncio.Future[Process | None]]] = []
+    for process_id in ids:
+        proc = runner.table.get(process_id)
+        if proc is not None and proc.managed is None:
+            waiter: asyncio.Future[Process | None] = runner.loop.create_future()
+            runner.table.add_waiter(process_id, waiter)
+            waiters.append((process_id, waiter))
+    if not waiters:
+        return
+    try:
+        await asyncio.wait([waiter for _, waiter in waiters], timeout=EXITS_WAIT)
+    finally:
+        for process_id, waiter in waiters:
+            runner.table.remove_waiter(process_id, waiter)
 
 
 async def _keep(runner: Runner, proc: Process, info: ChildInfo | None, event: ExitEvent | None) -> None:
