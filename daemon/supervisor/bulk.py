@@ -21,8 +21,10 @@ three steps, each linear in the number of records it stops:
    deadline for all, the longest grace among them + KILL_WAIT + 1 (how long a stop
    goes on before stopping.py calls a tree unkillable). Each stop SIGKILLs its own
    stragglers once its grace is over, as every stop does; a stop begun earlier by
-   psys's route never escalates by itself, so once the longest grace has passed this
-   SIGKILLs those that are left.
+   psys's route never escalates by itself, and one begun earlier with a longer grace
+   than this request gives would escalate too late, so once the longest grace has
+   passed this SIGKILLs those that are left (``grace: 0`` on a record still in the
+   grace of an earlier kill: SIGKILL now, as ``docker stop -t 0`` does).
 
 Decisions where the issue is silent:
 
@@ -76,11 +78,11 @@ class BulkStops:
             live = [p for p in self._table.records()
                     if (p.ref == ref if ref is not None else p.state is state)]
             order, known = sorted(p.id for p in live), {p.id: p for p in live}
-        longest, commits = self._start(known, grace)
+        longest, commits, hurry = self._start(known, grace)
         if commits:
             await asyncio.wait([commit for _, commit in commits])
             self._raise_first_failure(commits)
-        return await self._settle(order, known, longest)
+        return await self._settle(order, known, longest, hurry)
 
     async def _by_ids(self, ids: Sequence[int]) -> tuple[list[int], dict[int, Process]]:
         """The ids in the request's order (once each) and the record of each (NotFound names
@@ -105,14 +107,16 @@ class BulkStops:
         return order, known
 
     def _start(self, known: dict[int, Process], grace: float | None
-               ) -> tuple[float, list[tuple[int, asyncio.Future[Any]]]]:
+               ) -> tuple[float, list[tuple[int, asyncio.Future[Any]]], set[int]]:
         """Step 2, synchronous: begin every stop. Returns the longest grace among the
-        records and the futures of the stops' commits (each raises if its commit failed)."""
+        records, the futures of the stops' commits (each raises if its commit failed), and
+        the stops under way that this request's grace cuts short."""
         runner, table = self._runner, self._table
         live = [p for p in known.values() if table.get(p.id) is p]
         table.unqueue({p.id for p in live if p.state is State.QUEUED})
         longest = 0.0
         commits: list[tuple[int, asyncio.Future[Any]]] = []
+        hurry: set[int] = set()
         for proc in live:
             if proc.state is State.QUEUED:
                 commits.append((proc.id, runner.terminating.cancel(proc)))
@@ -121,11 +125,16 @@ class BulkStops:
                 longest = max(longest, own)
                 commits.append((proc.id, runner.terminating.begin(proc, StopReason.KILL, own,
                                                                    signal.SIGTERM)))
-            elif proc.state is State.TERMINATING:   # a stop that never escalates gets ours
-                own = proc.stop_grace if proc.stop_grace is not None else \
-                    runner.grace_of(proc) if grace is None else grace
-                longest = max(longest, own)
-        return longest, commits
+            elif proc.state is State.TERMINATING:
+                # A stop under way keeps its grace, unless this request gives a shorter one
+                # (or its stop never escalates: psys's route): then this one's SIGKILL
+                # comes when this request's grace is over (_settle).
+                under_way = proc.stop_grace
+                if under_way is None or (grace is not None and grace < under_way):
+                    under_way = runner.grace_of(proc) if grace is None else grace
+                    hurry.add(proc.id)
+                longest = max(longest, under_way)
+        return longest, commits, hurry
 
     @staticmethod
     def _raise_first_failure(commits: list[tuple[int, asyncio.Future[Any]]]) -> None:
@@ -143,7 +152,7 @@ class BulkStops:
         raise StorageError(message + more) from None
 
     async def _settle(self, order: list[int], known: dict[int, Process],
-                      longest: float) -> tuple[list[Process], bool]:
+                      longest: float, hurry: set[int]) -> tuple[list[Process], bool]:
         """Step 3: wait for every record to be idle, all with one deadline. The answer is
         made of what memory holds (no read of SQLite per record)."""
         table, loop = self._table, self._runner.loop
@@ -157,7 +166,7 @@ class BulkStops:
             if pending:
                 _, pending = await asyncio.wait(pending, timeout=longest)
             if pending:
-                await self._kill_unescalated([i for i, w in waiters.items() if not w.done()])
+                await self._kill_unescalated([i for i, w in waiters.items() if not w.done()], hurry)
                 _, pending = await asyncio.wait(pending, timeout=KILL_WAIT + 1)
         finally:
             for process_id, waiter in waiters.items():
@@ -175,13 +184,15 @@ class BulkStops:
                            or known[process_id])
         return records, not pending
 
-    async def _kill_unescalated(self, ids: list[int]) -> None:
-        """SIGKILL the trees of stops that never escalate by themselves (psys's route)."""
+    async def _kill_unescalated(self, ids: list[int], hurry: set[int]) -> None:
+        """SIGKILL the trees of stops that would not escalate by now by themselves: psys's
+        route never does, and a stop whose grace is longer than this request's (``hurry``)."""
         trees = self._runner.trees
         kills = []
         for process_id in ids:
             proc = self._table.get(process_id)
-            if proc is not None and proc.state is State.TERMINATING and proc.stop_grace is None:
+            if proc is not None and proc.state is State.TERMINATING and \
+                    (proc.stop_grace is None or process_id in hurry):
                 kills.append(trees.kill_stopping(process_id))
         if kills:
             await asyncio.gather(*kills, return_exceptions=True)

@@ -4,6 +4,7 @@ a real server. What a user sees is asserted: statuses, bodies, the registry, /pr
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -194,6 +195,20 @@ async def test_a_stop_that_never_escalates_is_sigkilled_after_the_bulk_grace(cli
     assert (await get(client, record["id"]))["state"] == "terminating"
 
     body = await bulk(client, {"ids": [record["id"]], "grace": 0.3})
+
+    assert body["processes"][0]["state"] == "idle"
+    assert body["processes"][0]["exitSignal"] == "SIGKILL"
+    assert not alive(record["pid"])
+
+
+async def test_a_shorter_grace_cuts_short_a_stop_already_under_way(client: Any) -> None:
+    """Killed with a 300 s grace, it ignores SIGTERM; a bulk stop with grace 0 SIGKILLs it
+    now instead of waiting out the first kill's grace (as ``docker stop -t 0`` does)."""
+    record = await start_ignoring_term(client, grace=300)
+    assert (await client.post(f"/processes/{record['id']}/signals/kill")).status == 200
+    assert (await get(client, record["id"]))["state"] == "terminating"
+
+    body = await asyncio.wait_for(bulk(client, {"ids": [record["id"]], "grace": 0}), 60)
 
     assert body["processes"][0]["state"] == "idle"
     assert body["processes"][0]["exitSignal"] == "SIGKILL"
