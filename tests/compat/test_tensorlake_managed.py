@@ -11,7 +11,6 @@ quote them, and every answer is checked field by field against its Rust serde ty
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import pwd
 import time
@@ -20,6 +19,7 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.compat.test_tensorlake_process_api import _sse
 from tests.conformance.contracts import STABLEHAND, call
 from tests.helpers import alive, async_wait_for, free_port
 
@@ -117,15 +117,6 @@ async def _error(response: Any, status: int, code: str) -> str:
     return str(body["error"])
 
 
-async def _sse(response: Any) -> list[tuple[str | None, dict[str, Any]]]:
-    events, name = [], None
-    async for raw in response.content:
-        line = raw.decode().rstrip("\n")
-        if line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("data: "):
-            events.append((name, json.loads(line[6:])))
-    return events
 
 
 # --- start bodies ------------------------------------------------------------------------------

@@ -185,3 +185,9 @@ def gone_from_proc(pid: int) -> bool:
 
 
 __all__ = ["KeeperError", "KeeperProcess", "gone_from_proc", "kill_and_reap"]
+
+
+def output(keeper: KeeperProcess, child_id: int, stream: str = "stdout") -> bytes:
+    """What the keeper has written of a child's stream so far (b"" before its first byte)."""
+    path = keeper.state_dir / "output" / f"{child_id}.{stream}"
+    return path.read_bytes() if path.exists() else b""

@@ -25,7 +25,7 @@ from daemon.keeper.client import (
     connect_or_start,
 )
 from tests.helpers import IGNORE_TERM, alive, async_wait_for, wait_for
-from tests.keeper.conftest import KeeperProcess, gone_from_proc, kill_and_reap
+from tests.keeper.conftest import KeeperProcess, gone_from_proc, kill_and_reap, output
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
 
@@ -36,11 +36,6 @@ async def next_exit(client: KeeperClient, timeout: float = 10.0) -> ExitEvent:
             return event
         raise AssertionError("no event")
     return await asyncio.wait_for(first(), timeout)
-
-
-def output(keeper: KeeperProcess, child_id: int, stream: str = "stdout") -> bytes:
-    path = keeper.state_dir / "output" / f"{child_id}.{stream}"
-    return path.read_bytes() if path.exists() else b""
 
 
 async def test_exit_codes_and_signals_are_exact(start_keeper: Any, connect: Any) -> None:

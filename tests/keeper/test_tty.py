@@ -12,7 +12,7 @@ import pytest
 
 from daemon.keeper.client import ExitEvent, KeeperClient, KeeperError, StdinClosed
 from tests.helpers import async_wait_for
-from tests.keeper.conftest import KeeperProcess, gone_from_proc
+from tests.keeper.conftest import gone_from_proc, output
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "PS1": "$ ",
        "TERM": "xterm-256color", "HOME": "/"}
@@ -30,11 +30,6 @@ async def eventually(predicate: Callable[[], Any], what: str) -> Any:
     async def check() -> Any:
         return predicate()
     return await async_wait_for(check, what=what)
-
-
-def output(keeper: KeeperProcess, child_id: int, stream: str = "stdout") -> bytes:
-    path = keeper.state_dir / "output" / f"{child_id}.{stream}"
-    return path.read_bytes() if path.exists() else b""
 
 
 async def test_a_shell_on_a_terminal(start_keeper: Any, connect: Any) -> None:

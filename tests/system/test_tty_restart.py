@@ -8,17 +8,8 @@ from typing import Any
 import aiohttp
 
 from tests.helpers import DaemonProcess, alive, wait_for
+from tests.integration.test_tty import _read_until
 from tests.system.test_daemon import call
-
-
-async def _read_until(ws: aiohttp.ClientWebSocketResponse, text: bytes, timeout: float = 15.0) -> bytes:
-    data = b""
-    async with asyncio.timeout(timeout):
-        while text not in data:
-            message = await ws.receive()
-            assert message.type is aiohttp.WSMsgType.BINARY, (message, data)
-            data += message.data
-    return data
 
 
 async def _until_closed(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
@@ -39,7 +30,7 @@ async def test_a_terminal_survives_kill_9_of_the_daemon(daemon: Any) -> None:
     async with aiohttp.ClientSession(headers=d.headers()) as session:
         ws = await session.ws_connect(url, params={"offset": "0"})
         await ws.send_bytes(b"echo $((6*7))\n")
-        received = await _read_until(ws, b"42\r\n")
+        received = await _read_until(ws, b"42\r\n", 15.0)
 
         d.kill9()
         await _until_closed(ws)                       # the daemon is gone: the socket with it
@@ -50,11 +41,11 @@ async def test_a_terminal_survives_kill_9_of_the_daemon(daemon: Any) -> None:
 
         ws = await session.ws_connect(url, params={"offset": str(len(received))})
         await ws.send_bytes(b"echo $((7*8))\n")
-        await _read_until(ws, b"56\r\n")
+        await _read_until(ws, b"56\r\n", 15.0)
         status, resized = call(d, "POST", f"/processes/{record['id']}/resize", {"rows": 30, "cols": 100})
         assert status == 200 and resized["tty"] == {"rows": 30, "cols": 100}
         await ws.send_bytes(b"stty size\n")
-        await _read_until(ws, b"30 100\r\n")
+        await _read_until(ws, b"30 100\r\n", 15.0)
         await ws.send_bytes(b"exit 0\n")
         closed = await _until_closed(ws)
         assert (closed.type, closed.data, closed.extra) == (aiohttp.WSMsgType.CLOSE, 1000, "exit:0")
