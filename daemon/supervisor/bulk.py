@@ -155,22 +155,14 @@ class BulkStops:
                       longest: float, hurry: set[int]) -> tuple[list[Process], bool]:
         """Step 3: wait for every record to be idle, all with one deadline. The answer is
         made of what memory holds (no read of SQLite per record)."""
-        table, loop = self._table, self._runner.loop
-        waiters: dict[int, asyncio.Future[Process | None]] = {}
-        for process_id in order:
-            if process_id in table:
-                waiter = waiters[process_id] = loop.create_future()
-                table.add_waiter(process_id, waiter)
-        pending: set[asyncio.Future[Process | None]] = set(waiters.values())
-        try:
+        table = self._table
+        with table.settling(order) as waiters:
+            pending: set[asyncio.Future[Process | None]] = set(waiters.values())
             if pending:
                 _, pending = await asyncio.wait(pending, timeout=longest)
             if pending:
                 await self._kill_unescalated([i for i, w in waiters.items() if not w.done()], hurry)
                 _, pending = await asyncio.wait(pending, timeout=KILL_WAIT + 1)
-        finally:
-            for process_id, waiter in waiters.items():
-                table.remove_waiter(process_id, waiter)
         records = []
         for process_id in order:
             settled = waiters.get(process_id)

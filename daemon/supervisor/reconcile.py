@@ -103,20 +103,10 @@ async def _recorded(runner: Runner, ids: list[int]) -> None:
     record whose leader left processes behind is idle only once those are stopped too,
     within its grace: start-up does not wait for that, nor for a managed record (its exit
     ends a run, not the record)."""
-    waiters: list[tuple[int, asyncio.Future[Process | None]]] = []
-    for process_id in ids:
-        proc = runner.table.get(process_id)
-        if proc is not None and proc.managed is None:
-            waiter: asyncio.Future[Process | None] = runner.loop.create_future()
-            runner.table.add_waiter(process_id, waiter)
-            waiters.append((process_id, waiter))
-    if not waiters:
-        return
-    try:
-        await asyncio.wait([waiter for _, waiter in waiters], timeout=EXITS_WAIT)
-    finally:
-        for process_id, waiter in waiters:
-            runner.table.remove_waiter(process_id, waiter)
+    unmanaged = [i for i in ids if (proc := runner.table.get(i)) is not None and proc.managed is None]
+    with runner.table.settling(unmanaged) as waiters:
+        if waiters:
+            await asyncio.wait(waiters.values(), timeout=EXITS_WAIT)
 
 
 async def _keep(runner: Runner, proc: Process, info: ChildInfo | None, event: ExitEvent | None) -> None:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import contextlib
+from collections.abc import Iterable, Iterator
 
 from ..model import ACTIVE, Event, ExitState, InvalidTransition, Process, State, transition
 from ..recent import RecentRecords
@@ -144,6 +146,22 @@ class ProcessTable:
         waiters = self._waiters.get(process_id, [])
         if waiter in waiters:
             waiters.remove(waiter)
+
+    @contextlib.contextmanager
+    def settling(self, ids: Iterable[int]) -> Iterator[dict[int, asyncio.Future[Process | None]]]:
+        """A waiter for each of ``ids`` that is live now (by id), each given the final
+        record once that record settles; all removed when the block ends, however it ends."""
+        loop = asyncio.get_running_loop()
+        waiters: dict[int, asyncio.Future[Process | None]] = {}
+        for process_id in ids:
+            if process_id in self and process_id not in waiters:
+                waiter = waiters[process_id] = loop.create_future()
+                self.add_waiter(process_id, waiter)
+        try:
+            yield waiters
+        finally:
+            for process_id, waiter in waiters.items():
+                self.remove_waiter(process_id, waiter)
 
 
 # The transitions a client's request makes and whose write may be refused: a kill of a
