@@ -101,12 +101,14 @@ class Registry:
     def closed(self) -> bool:
         return self._closed
 
-    def _enqueue(self, sql: str, params: tuple[Any, ...], *, insert: bool = False) -> asyncio.Future[Any]:
-        """Queue a write now (order is call order); the future resolves once it is committed."""
+    def _enqueue(self, sql: str, params: tuple[Any, ...], *, insert: bool = False,
+                 durable: bool = True) -> asyncio.Future[Any]:
+        """Queue a write now (order is call order); the future resolves once it is committed
+        (and synced, unless ``durable`` is False: see writer.py)."""
         if self._closed:
             raise StorageError("storage is unavailable: the registry is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._writer.put((sql, params, insert, future))
+        self._writer.put((sql, params, insert, future, durable))
         return future
 
     # Writes are plain methods that queue at call time and return an awaitable, so
@@ -128,6 +130,12 @@ class Registry:
     def update(self, process_id: int, **fields: Any) -> asyncio.Future[None]:
         params = tuple(to_column(k, v) for k, v in fields.items()) + (process_id,)
         return self._enqueue(update_sql(tuple(fields)), params)
+
+    def update_unsynced(self, process_id: int, **fields: Any) -> asyncio.Future[None]:
+        """As :meth:`update`, committed without an fsync of its own: durable with the next
+        durable commit. Only for a write whose caller answers after such a commit."""
+        params = tuple(to_column(k, v) for k, v in fields.items()) + (process_id,)
+        return self._enqueue(update_sql(tuple(fields)), params, durable=False)
 
     def delete(self, process_id: int) -> asyncio.Future[None]:
         self._enqueue("DELETE FROM runs WHERE process_id = ?", (process_id,))

@@ -370,11 +370,11 @@ class Runner:
             proc.exit_code, proc.exit_signal = status.code, status.signal_name
         if error is not None:
             proc.error = _storable(error)
+        managed: dict[str, Any] = {} if proc.managed_state is None else {"managed_state": proc.managed_state}
         commit = self.write(
             proc, state=proc.state, exit_state=proc.exit_state, completed_at=proc.completed_at,
             exit_code=proc.exit_code, exit_signal=proc.exit_signal, error=proc.error,
-            stdout_dropped=proc.stdout_dropped, stderr_dropped=proc.stderr_dropped,
-            **({"managed_state": proc.managed_state} if proc.managed_state is not None else {}))
+            stdout_dropped=proc.stdout_dropped, stderr_dropped=proc.stderr_dropped, **managed)
         if held_slot:
             self.admit()  # the slot it held is free
         return self.tasks.spawn(self.finished(proc, commit))
