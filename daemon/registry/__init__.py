@@ -114,17 +114,19 @@ class Registry:
     # Writes are plain methods that queue at call time and return an awaitable, so
     # the supervisor's in-memory transition and its write are ordered together.
 
-    def insert(self, fields: dict[str, Any]) -> Awaitable[int]:
+    def insert(self, fields: dict[str, Any], *, durable: bool = True) -> Awaitable[int]:
         """Queue a new process row; awaits to its id. DuplicateKey on a reused Idempotency-Key.
 
         ``fields`` are columns (``Process.columns()``); ``id`` may be there only as None.
+        ``durable=False``: committed without an fsync of its own, as :meth:`update_unsynced`.
         """
         if fields.get("id") is not None:
             raise UnknownColumn("a new row's id is assigned by SQLite; give none")
         keys = [k for k in fields if k != "id"]
         check_writable(keys)
         sql = f"INSERT INTO processes ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})"
-        future = self._enqueue(sql, tuple(to_column(k, fields[k]) for k in keys), insert=True)
+        future = self._enqueue(sql, tuple(to_column(k, fields[k]) for k in keys), insert=True,
+                               durable=durable)
         return _translate_duplicate(future, fields.get("idempotency_key"))
 
     def update(self, process_id: int, **fields: Any) -> asyncio.Future[None]:

@@ -9,7 +9,8 @@ Inside, each module has one job:
                     polls and leases (Supervisor inherits it)
 ``table.py``        the process table: live records, the queue, the recently
                     settled cache, waiters, slots; the one place a state changes
-``running.py``      created → admitted → spawned → exited → idle; owns the children
+``running.py``      created → admitted → spawned → finished → idle; owns the children
+``exits.py``        a child's end (from the keeper, or a watched pidfd) settles its record
 ``kept.py``         the link to the keeper, the children's parent: spawn, signals,
                     stdin, exits and their acknowledgement, noticing its loss
 ``terminating.py``  kill, cancel, timeout: the way to idle through ``terminating``
@@ -32,7 +33,9 @@ How it keeps its promises:
   record and queued to the registry in the same synchronous step (so writes
   keep the order of events), and the commit is awaited before the action it
   announces: a child is spawned only once ``running`` is committed, a signal is
-  sent only once ``terminating`` is committed (running.py, terminating.py).
+  sent only once ``terminating`` is committed (running.py, terminating.py). A
+  2xx waits for an fsync'd commit; two writes whose answer waits for a later one
+  skip their own fsync (registry/writer.py, docs/operations.md).
 * **The transition table is the gate.** Every state change goes through
   :func:`daemon.model.transition` (:meth:`ProcessTable.apply`); a request is
   checked against the named groups of states (``STOPPABLE``, ``SIGNALLABLE``...)

@@ -219,7 +219,7 @@ class Managing:
         """Once the run's end is committed (or kept unsaved: a run's exit is no promise to a
         client), acknowledge its exit — the keeper refuses a spawn under an id whose exit it
         still holds — and only then arm the next run's timer. A keeper lost meanwhile is
-        waited for (recovery replays the exit, which keeper_exit acknowledges too)."""
+        waited for (recovery replays the exit, which Exits.keeper_exit acknowledges too)."""
         try:
             await commit
         except RegistryError as exc:

@@ -89,11 +89,11 @@ async def reconcile(runner: Runner, listing: Listing) -> None:
                 proc.id, proc.pid, int(proc.pid_start_time or 0), pidfd, kept=False,
                 run=_run_of_leader(runner, proc, proc.pid)))
     for event in exits.values():   # of records already idle (or deleted): only acknowledged
-        runner.keeper_exit(event)
+        runner.exits.keeper_exit(event)
     _stop_strays(runner, marked)
     for event in runner.keeper.ready():
         found_exits.append(event.id)
-        runner.keeper_exit(event)
+        runner.exits.keeper_exit(event)
     await _recorded(runner, found_exits)
 
 
@@ -122,7 +122,7 @@ async def _keep(runner: Runner, proc: Process, info: ChildInfo | None, event: Ex
                                 run=_run_of_leader(runner, proc, pid if info is not None else 0))
     _adopt(runner, proc, child)
     if event is not None:
-        runner.keeper_exit(event)
+        runner.exits.keeper_exit(event)
 
 
 async def _save_pid(runner: Runner, proc: Process) -> None:
@@ -160,15 +160,15 @@ async def recover_keeper(runner: Runner) -> None:
                 continue
             event = exits.pop(child.id, None)
             if event is not None:
-                runner.keeper_exit(event)
+                runner.exits.keeper_exit(event)
             else:
                 _orphaned(runner, child)
         for event in exits.values():
-            runner.keeper_exit(event)
+            runner.exits.keeper_exit(event)
         _stop_strays(runner, _scan_markers(runner.markers))
     finally:   # whatever failed above, exits must flow again
         for event in runner.keeper.ready():
-            runner.keeper_exit(event)
+            runner.exits.keeper_exit(event)
 
 
 def _orphaned(runner: Runner, child: Child) -> None:

@@ -1,4 +1,4 @@
-"""A record's way from created to idle: admission, spawn, exit, finish.
+"""A record's way from created to idle: admission, spawn, finish (its exit is settled in exits.py).
 
 **Persist intent, then act.** Each transition is applied to the in-memory record
 (:meth:`ProcessTable.apply`) and its write queued to the registry in the same
@@ -35,11 +35,12 @@ from typing import Any
 from .. import oskit
 from ..config import Config
 from ..errors import Conflict
-from ..keeper.client import ExitEvent, KeeperError, KeeperGone, SpawnFailed
+from ..keeper.client import KeeperError, KeeperGone, SpawnFailed
 from ..model import ACTIVE, Event, Process, StartSpec, State, iso_to_epoch, now_iso, transition
 from ..output import OutputStore
 from ..registry import DuplicateKey, Registry, RegistryError, StorageError
 from .children import Child, Children, Markers, run_of
+from .exits import Exits
 from .kept import KeeperLink
 from .leases import lease_expiry
 from .managing import Managing
@@ -71,10 +72,11 @@ class Runner:
         self.markers = markers
         self.listeners = listeners
         self.write = unsaved.write
-        self.children = Children(loop, log, self._on_exit)
+        self.exits = exits = Exits(self)    # the children's ends (exits.py)
+        self.children = Children(loop, log, exits.on_exit)
         self.keeper = keeper = KeeperLink(str(config.state_dir), config.grace,
                                           config.keeper == "external", log,
-                                          self.keeper_exit, self._keeper_lost)
+                                          exits.keeper_exit, self._keeper_lost)
         self.trees = Trees(loop, log, config, self.children, markers, keeper)
         self.stdio = Stdio(log, outputs, table, self.children, keeper)
         self.terminating = Terminating(self)
@@ -111,7 +113,10 @@ class Runner:
         if spec.name is not None:
             self.naming.add(spec.name)
         try:
-            proc.id = await self.registry.insert(proc.columns() | {"id": None})
+            # A record started at once is answered after its pid's commit, which syncs the
+            # insert too: the insert goes without an fsync of its own (registry/writer.py).
+            proc.id = await self.registry.insert(proc.columns() | {"id": None},
+                                                 durable=state is not State.RUNNING)
         except DuplicateKey:
             self._unreserve(proc)
             existing = await self.registry.by_idempotency_key(key or "")
@@ -130,12 +135,23 @@ class Runner:
         self.log.info("process.created", process_id=proc.id, state=proc.state.value, argv=proc.argv)
         self.emit(proc)
         if state is State.RUNNING:
-            await self.spawn(proc)  # never raises for a failure before the child runs
+            # never raises for a failure before the child runs
+            if not await self.spawn(proc):
+                await self._synced(proc)
             return proc.copy(), True
         snapshot = proc.copy()
         self.table.queue.append(proc.id)
         self.admit()  # a slot may have been freed while the insert was committing
         return snapshot, True
+
+    async def _synced(self, proc: Process) -> None:
+        """A start answered without its pid's commit (it failed, was killed before it ran,
+        or its pid could not be saved): sync its unsynced insert with a write of its state.
+        Should storage refuse that too, the record is kept unsaved and written later."""
+        try:
+            await self.write(proc, state=proc.state)
+        except RegistryError:
+            pass
 
     def _unreserve(self, proc: Process) -> None:
         """A record whose insert failed never existed: the slot it held goes to the queue."""
@@ -173,8 +189,9 @@ class Runner:
 
     # --- spawning --------------------------------------------------------------------
 
-    async def spawn(self, proc: Process) -> None:
+    async def spawn(self, proc: Process) -> bool:
         """Start a record that is committed as running (unless it was killed meanwhile).
+        True once its pid is committed.
 
         The keeper spawns it (kept.py). Never raises for what fails before the child
         runs: the record ends idle/failed with the error and frees its slot. A pid
@@ -183,7 +200,7 @@ class Runner:
         (:attr:`spawning`) and stops what it started.
         """
         if proc.state is not State.RUNNING:
-            return  # killed between admission and spawn: the kill path finishes it
+            return False  # killed between admission and spawn: the kill path finishes it
         spawning: asyncio.Future[Child | None] = self.loop.create_future()
         self.spawning[proc.id] = spawning
         child = None
@@ -193,7 +210,7 @@ class Runner:
             del self.spawning[proc.id]
             spawning.set_result(child)
         if child is None:
-            return
+            return False
         commit = self.write(proc, pid=proc.pid, boot_id=proc.boot_id, started_at=proc.started_at,
                             pid_start_time=proc.pid_start_time)
         if proc.state is State.RUNNING:
@@ -203,6 +220,8 @@ class Runner:
             await commit
         except RegistryError as exc:
             await self._abandon(proc, child, exc)
+            return False
+        return True
 
     async def _spawn(self, proc: Process) -> Child | None:
         """Ask the keeper for the child; on failure end the record (unless a kill will)."""
@@ -272,38 +291,7 @@ class Runner:
     def grace_of(self, proc: Process) -> float:
         return proc.grace if proc.grace is not None else self.config.grace
 
-    # --- exits -----------------------------------------------------------------------
-
-    def keeper_exit(self, event: ExitEvent) -> None:
-        """The keeper reaped a child and journalled its exit: settle the record.
-
-        Idempotent by id (the keeper delivers at least once). The output marks come
-        with it. An exit of a record that is no longer live was committed before:
-        it is only acknowledged.
-        """
-        status = oskit.ExitStatus(code=event.code, signal=event.signal)
-        proc = self.table.get(event.id)
-        if proc is None:
-            if self.unsaved.get(event.id) is None:   # committed: the keeper may forget it
-                self.keeper.ack_soon(event.id)
-            return
-        if proc.state not in ACTIVE:
-            return   # its end is being committed; acknowledged then (finished)
-        proc.stdout_dropped = max(proc.stdout_dropped, event.stdout_dropped)
-        proc.stderr_dropped = max(proc.stderr_dropped, event.stderr_dropped)
-        if event.stdout_lost or event.stderr_lost:
-            self.log.warning("process.output_lost", process_id=event.id,
-                             stdout_lost=event.stdout_lost, stderr_lost=event.stderr_lost)
-        self.from_keeper.add(event.id)
-        if self.children.keeper_exit(event.id, status):
-            return
-        if event.id in self.spawning:
-            self.children.hold_exit(event.id, status)   # its spawn reply is being handled
-        elif proc.managed is not None and proc.pid == event.pid:
-            # A managed run's exit replayed (a new keeper's listing) after the daemon settled
-            # it: its next run waits on this ack (the keeper holds the id until then).
-            self.from_keeper.discard(event.id)
-            self.keeper.ack_soon(event.id)
+    # --- the keeper lost ------------------------------------------------------------
 
     def _keeper_lost(self, error: KeeperGone) -> None:
         if not self.closing and not self.recovering:
@@ -315,41 +303,6 @@ class Runner:
             await recover_keeper(self)
         finally:
             self.recovering = False
-
-    def _on_exit(self, child: Child, status: oskit.ExitStatus | None) -> None:
-        proc = self.table.get(child.id)
-        if proc is None or proc.state is not State.RUNNING or proc.id in self.abandoned:
-            return  # terminating (or abandoned): the stop task finishes the record
-        self.settle_exit(proc, child, status)
-
-    def settle_exit(self, proc: Process, child: Child, status: oskit.ExitStatus | None) -> None:
-        """Finish a running record whose leader exited, and sweep what it left in its group."""
-        if status is not None and status.code == 0:
-            event, error = Event.EXITED_OK, None
-        elif status is None and child.keeper_lost:
-            event, error = Event.EXITED_ERROR, ("exit status unknown: its keeper was killed, and "
-                                                "its output since then was not captured")
-        elif status is None:
-            event, error = Event.EXITED_ERROR, ("exit status unknown: no keeper held the process "
-                                                "(it was re-adopted after a restart)")
-        elif status.signal:
-            event, error = Event.EXITED_ERROR, f"killed by {status.signal_name}"
-        else:
-            event, error = Event.EXITED_ERROR, f"exited with status {status.code}"
-        if proc.managed is not None:
-            outcome = self.managing.run_ended(proc, child, status, event, error)
-            if outcome is True:   # the record goes on: its next run is scheduled
-                self._sweep(child)
-                return
-            if isinstance(outcome, str):
-                event, error = Event.EXITED_ERROR, outcome
-        self.finish(proc, event, status=status, error=error)
-        self._sweep(child)
-
-    def _sweep(self, child: Child) -> None:
-        """Stop what an exited leader left in its process group."""
-        if oskit.group_has_members(child.pid):
-            self.tasks.spawn(self.trees.sweep(child))
 
     # --- finishing -------------------------------------------------------------------
 

@@ -211,7 +211,7 @@ class Terminating:
                 runner.tasks.spawn(runner.after_admission(proc))
             return
         if child.exited.done():  # it exited while the stop was being recorded
-            runner.settle_exit(proc, child, child.exited.result())
+            runner.exits.settle(proc, child, child.exited.result())
         elif reason is StopReason.TIMEOUT:
             child.timer = runner.loop.call_later(EXPIRE_RETRY, self.expire, proc.id)
 

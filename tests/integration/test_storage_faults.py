@@ -282,3 +282,21 @@ async def test_a_pid_that_cannot_be_recorded_stops_the_child(make_daemon: Any) -
         if lock.in_transaction:
             lock.execute("ROLLBACK")
         lock.close()
+
+
+async def test_a_start_is_answered_once_what_it_shows_is_committed(client: Any) -> None:
+    """A start that runs at once is inserted without an fsync of its own (the commit of its
+    pid, which the answer waits for, syncs both): what the 201 shows is in SQLite when it
+    arrives, for a child that runs and for one that cannot start."""
+    db = client.config.database_path
+    response = await client.post("/processes", json={"argv": ["sleep", "300"]})
+    assert response.status == 201, await response.text()
+    body = await response.json()
+    row = _rows(db)[body["id"]]
+    assert (row["state"], row["pid"]) == ("running", body["pid"]) and body["pid"]
+    response = await client.post("/processes", json={"argv": ["/nonexistent/program-xyz"]})
+    assert response.status == 201, await response.text()
+    failed = await response.json()
+    row = _rows(db)[failed["id"]]
+    assert (row["state"], row["exit_state"]) == (failed["state"], failed["exitState"])
+    await client.supervisor.force_kill(body["id"])
