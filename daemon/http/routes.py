@@ -233,14 +233,10 @@ async def kill_process(request: web.Request) -> web.Response:
     await parse.json_object(request)  # the payload is ignored; only object-ness is validated
     wait = parse.query_number(request, "wait", None, maximum=MAX_WAIT, allow_zero=False)
     supervisor = supervisor_of(request)
-    # With a wait, the answer comes once idle is committed (with an fsync), so
-    # terminating needs no fsync of its own; a 408 syncs it before answering.
-    record = await supervisor.stop(process_id, durable=wait is None)
+    record = await supervisor.stop(process_id)
     if wait is None:
         return json_response(record.to_json())
     record, done = await _waited(supervisor, process_id, wait)
-    if not done:
-        await supervisor.persist(process_id)
     return json_response(record.to_json(), status=200 if done else 408)
 
 

@@ -45,7 +45,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -231,19 +231,8 @@ class KeeperClient:
 
     async def signal(self, id: int, sig: int, *, group: bool = False) -> bool:
         """Signal a child through its pidfd (and its process group). False if it already exited."""
-        return await self.signal_soon(id, sig, group=group)
-
-    def signal_soon(self, id: int, sig: int, *, group: bool = False) -> Awaitable[bool]:
-        """As :meth:`signal`, but the request is queued before this returns; awaiting the
-        result gives the answer, so the caller can work while the keeper signals. The
-        result must be awaited (the request's slot is freed then). KeeperGone at once if
-        the keeper is gone."""
-        return self._delivered(self._request_soon(
-            {"op": "signal", "id": id, "sig": int(sig), "group": group}))
-
-    @staticmethod
-    async def _delivered(reply: Awaitable[dict[str, Any]]) -> bool:
-        return bool((await reply)["delivered"])
+        reply = await self._request({"op": "signal", "id": id, "sig": int(sig), "group": group})
+        return bool(reply["delivered"])
 
     async def stdin_write(self, id: int, data: bytes) -> int:
         """Hand ``data`` (at most 1 MiB) to the child's stdin; all of it or StdinFull."""
@@ -345,16 +334,10 @@ class KeeperClient:
             self._transport.write(data)
 
     async def _request(self, message: dict[str, Any]) -> dict[str, Any]:
-        return await self._request_soon(message)
-
-    def _request_soon(self, message: dict[str, Any]) -> Awaitable[dict[str, Any]]:
-        """Queue a request now; the returned coroutine (to be awaited) gives its reply."""
         if self._gone_error is not None:
             raise self._gone_error
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        return self._reply(self._send(message, future), future)
-
-    async def _reply(self, seq: int, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
+        seq = self._send(message, future)
         try:
             if self._proto.paused is not None:
                 await asyncio.shield(self._proto.paused)

@@ -101,43 +101,33 @@ class Registry:
     def closed(self) -> bool:
         return self._closed
 
-    def _enqueue(self, sql: str, params: tuple[Any, ...], *, insert: bool = False,
-                 durable: bool = True) -> asyncio.Future[Any]:
-        """Queue a write now (order is call order); the future resolves once it is committed
-        (and synced, unless ``durable`` is False: see writer.py)."""
+    def _enqueue(self, sql: str, params: tuple[Any, ...], *, insert: bool = False) -> asyncio.Future[Any]:
+        """Queue a write now (order is call order); the future resolves once it is committed."""
         if self._closed:
             raise StorageError("storage is unavailable: the registry is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._writer.put((sql, params, insert, future, durable))
+        self._writer.put((sql, params, insert, future))
         return future
 
     # Writes are plain methods that queue at call time and return an awaitable, so
     # the supervisor's in-memory transition and its write are ordered together.
 
-    def insert(self, fields: dict[str, Any], *, durable: bool = True) -> Awaitable[int]:
+    def insert(self, fields: dict[str, Any]) -> Awaitable[int]:
         """Queue a new process row; awaits to its id. DuplicateKey on a reused Idempotency-Key.
 
         ``fields`` are columns (``Process.columns()``); ``id`` may be there only as None.
-        ``durable=False``: committed without an fsync of its own, as :meth:`update_unsynced`.
         """
         if fields.get("id") is not None:
             raise UnknownColumn("a new row's id is assigned by SQLite; give none")
         keys = [k for k in fields if k != "id"]
         check_writable(keys)
         sql = f"INSERT INTO processes ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})"
-        future = self._enqueue(sql, tuple(to_column(k, fields[k]) for k in keys), insert=True,
-                               durable=durable)
+        future = self._enqueue(sql, tuple(to_column(k, fields[k]) for k in keys), insert=True)
         return _translate_duplicate(future, fields.get("idempotency_key"))
 
     def update(self, process_id: int, **fields: Any) -> asyncio.Future[None]:
         params = tuple(to_column(k, v) for k, v in fields.items()) + (process_id,)
         return self._enqueue(update_sql(tuple(fields)), params)
-
-    def update_unsynced(self, process_id: int, **fields: Any) -> asyncio.Future[None]:
-        """As :meth:`update`, committed without an fsync of its own: durable with the next
-        durable commit. Only for a write whose caller answers after such a commit."""
-        params = tuple(to_column(k, v) for k, v in fields.items()) + (process_id,)
-        return self._enqueue(update_sql(tuple(fields)), params, durable=False)
 
     def delete(self, process_id: int) -> asyncio.Future[None]:
         self._enqueue("DELETE FROM runs WHERE process_id = ?", (process_id,))

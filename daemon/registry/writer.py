@@ -10,15 +10,6 @@ own rather than aiosqlite's: a commit is on the critical path of every transitio
 (a kill's 2xx waits for it), and aiosqlite's call-and-await costs a task start and
 two more turns of the event loop per commit, about 0.2 ms of a 2 ms kill.
 
-A write may be queued *unsynced* (``durable=False``): its batch, if no durable
-write shares it, commits under ``synchronous = NORMAL``, without an fsync of its
-own. That is for a write whose caller answers only after a later durable commit
-(``kill?wait`` answers once ``idle`` is committed): WAL frames are appended in
-order, so the fsync of that later commit makes the earlier one durable too, and
-every 2xx still means committed and synced. A storage failure is seen at the
-unsynced commit as at any other (SQLite writes the WAL before COMMIT returns), so
-a stop whose write is refused is still refused before anything is signalled.
-
 How a batch's failures are split between its writes: see :mod:`.failures`.
 """
 
@@ -35,8 +26,7 @@ from .failures import StorageError, WriteRejected, is_storage_failure, printable
 
 PRAGMAS = ("journal_mode = WAL", "synchronous = FULL", "foreign_keys = ON", "busy_timeout = 5000")
 
-# sql, params, insert, caller, durable (False: see "unsynced" in the module docstring)
-Write = tuple[str, tuple[Any, ...], bool, "asyncio.Future[Any]", bool]
+Write = tuple[str, tuple[Any, ...], bool, "asyncio.Future[Any]"]   # sql, params, insert, caller
 _Results = list[tuple[Any, BaseException | None]]                 # per write: (value, failure)
 
 
@@ -45,11 +35,11 @@ def _settle(batch: list[Write], results: _Results | None,
     """On the loop: a batch is done; resolve each caller's future."""
     if results is None:  # the whole batch failed: nobody's write is durable
         message = f"storage is failing: the registry could not commit ({printable(str(error))})"
-        for _, _, _, future, _ in batch:
+        for _, _, _, future in batch:
             if not future.done():
                 future.set_exception(StorageError(message))
         return
-    for (_, _, _, future, _), (value, failure) in zip(batch, results, strict=True):
+    for (_, _, _, future), (value, failure) in zip(batch, results, strict=True):
         if future.done():
             continue
         if failure is not None:
@@ -79,7 +69,6 @@ class WriterThread:
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         for pragma in PRAGMAS:
             self._conn.execute(f"PRAGMA {pragma}")
-        self._synced = True    # the connection's synchronous mode: FULL (True) or NORMAL
         self._thread = threading.Thread(target=self._run, name="stablehand-registry-writer",
                                         daemon=True)
         self._thread.start()
@@ -120,11 +109,7 @@ class WriterThread:
         results: _Results | None = None
         error: BaseException | None = None
         try:
-            durable = any(write[4] for write in batch)
-            if durable != self._synced:
-                self._conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-                self._synced = durable
-            results = apply_batch(self._conn, [(sql, params, insert) for sql, params, insert, _, _ in batch])
+            results = apply_batch(self._conn, [(sql, params, insert) for sql, params, insert, _ in batch])
         except BaseException as exc:  # reported to every caller of the batch
             error = exc
         try:

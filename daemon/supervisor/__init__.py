@@ -33,9 +33,7 @@ How it keeps its promises:
   record and queued to the registry in the same synchronous step (so writes
   keep the order of events), and the commit is awaited before the action it
   announces: a child is spawned only once ``running`` is committed, a signal is
-  sent only once ``terminating`` is committed (running.py, terminating.py). A
-  2xx waits for an fsync'd commit; two writes whose answer waits for a later one
-  skip their own fsync (registry/writer.py, docs/operations.md).
+  sent only once ``terminating`` is committed (running.py, terminating.py).
 * **The transition table is the gate.** Every state change goes through
   :func:`daemon.model.transition` (:meth:`ProcessTable.apply`); a request is
   checked against the named groups of states (``STOPPABLE``, ``SIGNALLABLE``...)

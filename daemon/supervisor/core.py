@@ -237,15 +237,12 @@ class Supervisor(ProcessCalls):
         return record, created
 
     async def stop(self, process_id: int, *, grace: float | None = None,
-                   sig: int = signal.SIGTERM, escalate: bool = True,
-                   durable: bool = True) -> Process:
+                   sig: int = signal.SIGTERM, escalate: bool = True) -> Process:
         """Kill/stop: queued → idle/canceled; running → terminating (then idle/canceled).
 
         ``escalate=False`` sends ``sig`` only and never SIGKILL (psys's route);
         :meth:`force_kill` can still finish such a stop. NotFound for an unknown
-        id; Conflict when it is already idle or terminating. ``durable=False`` is for a
-        caller that answers only once the stop ends (or after :meth:`persist`):
-        ``terminating`` is then committed without an fsync of its own (registry/writer.py).
+        id; Conflict when it is already idle or terminating.
         """
         proc = self._table.get(process_id)
         if proc is None:
@@ -253,14 +250,7 @@ class Supervisor(ProcessCalls):
             proc = self._table.get(process_id)
             if proc is None:
                 raise Conflict(f"process {process_id} is already idle")
-        return await self._runner.terminating.stop(proc, grace, sig, escalate, durable)
-
-    async def persist(self, process_id: int) -> None:
-        """Commit a live record's state with an fsync: what ``stop(durable=False)`` wrote
-        unsynced is durable once this returns. Raises StorageError if it cannot be."""
-        proc = self._table.get(process_id)
-        if proc is not None:
-            await self._runner.write(proc, state=proc.state)
+        return await self._runner.terminating.stop(proc, grace, sig, escalate)
 
     async def stop_many(self, *, ids: Sequence[int] | None = None, ref: str | None = None,
                         state: State | None = None, grace: float | None = None

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import oskit
@@ -151,10 +151,6 @@ class KeeperLink:
     async def signal(self, process_id: int, sig: int, *, group: bool) -> bool:
         """Signal a kept child; False if it already exited."""
         return await self.client.signal(process_id, sig, group=group)
-
-    def signal_soon(self, process_id: int, sig: int, *, group: bool) -> Awaitable[bool]:
-        """As :meth:`signal`, the request sent before this returns (KeeperClient.signal_soon)."""
-        return self.client.signal_soon(process_id, sig, group=group)
 
     async def write_stdin(self, process_id: int, data: bytes, timeout: float) -> int:
         return await self.client.write_stdin_all(process_id, data, timeout)

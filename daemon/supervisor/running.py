@@ -113,10 +113,7 @@ class Runner:
         if spec.name is not None:
             self.naming.add(spec.name)
         try:
-            # A record started at once is answered after its pid's commit, which syncs the
-            # insert too: the insert goes without an fsync of its own (registry/writer.py).
-            proc.id = await self.registry.insert(proc.columns() | {"id": None},
-                                                 durable=state is not State.RUNNING)
+            proc.id = await self.registry.insert(proc.columns() | {"id": None})
         except DuplicateKey:
             self._unreserve(proc)
             existing = await self.registry.by_idempotency_key(key or "")
@@ -135,23 +132,12 @@ class Runner:
         self.log.info("process.created", process_id=proc.id, state=proc.state.value, argv=proc.argv)
         self.emit(proc)
         if state is State.RUNNING:
-            # never raises for a failure before the child runs
-            if not await self.spawn(proc):
-                await self._synced(proc)
+            await self.spawn(proc)  # never raises for a failure before the child runs
             return proc.copy(), True
         snapshot = proc.copy()
         self.table.queue.append(proc.id)
         self.admit()  # a slot may have been freed while the insert was committing
         return snapshot, True
-
-    async def _synced(self, proc: Process) -> None:
-        """A start answered without its pid's commit (it failed, was killed before it ran,
-        or its pid could not be saved): sync its unsynced insert with a write of its state.
-        Should storage refuse that too, the record is kept unsaved and written later."""
-        try:
-            await self.write(proc, state=proc.state)
-        except RegistryError:
-            pass
 
     def _unreserve(self, proc: Process) -> None:
         """A record whose insert failed never existed: the slot it held goes to the queue."""
@@ -189,9 +175,8 @@ class Runner:
 
     # --- spawning --------------------------------------------------------------------
 
-    async def spawn(self, proc: Process) -> bool:
+    async def spawn(self, proc: Process) -> None:
         """Start a record that is committed as running (unless it was killed meanwhile).
-        True once its pid is committed.
 
         The keeper spawns it (kept.py). Never raises for what fails before the child
         runs: the record ends idle/failed with the error and frees its slot. A pid
@@ -200,7 +185,7 @@ class Runner:
         (:attr:`spawning`) and stops what it started.
         """
         if proc.state is not State.RUNNING:
-            return False  # killed between admission and spawn: the kill path finishes it
+            return  # killed between admission and spawn: the kill path finishes it
         spawning: asyncio.Future[Child | None] = self.loop.create_future()
         self.spawning[proc.id] = spawning
         child = None
@@ -210,7 +195,7 @@ class Runner:
             del self.spawning[proc.id]
             spawning.set_result(child)
         if child is None:
-            return False
+            return
         commit = self.write(proc, pid=proc.pid, boot_id=proc.boot_id, started_at=proc.started_at,
                             pid_start_time=proc.pid_start_time)
         if proc.state is State.RUNNING:
@@ -220,8 +205,6 @@ class Runner:
             await commit
         except RegistryError as exc:
             await self._abandon(proc, child, exc)
-            return False
-        return True
 
     async def _spawn(self, proc: Process) -> Child | None:
         """Ask the keeper for the child; on failure end the record (unless a kill will)."""
@@ -323,11 +306,11 @@ class Runner:
             proc.exit_code, proc.exit_signal = status.code, status.signal_name
         if error is not None:
             proc.error = _storable(error)
-        managed: dict[str, Any] = {} if proc.managed_state is None else {"managed_state": proc.managed_state}
         commit = self.write(
             proc, state=proc.state, exit_state=proc.exit_state, completed_at=proc.completed_at,
             exit_code=proc.exit_code, exit_signal=proc.exit_signal, error=proc.error,
-            stdout_dropped=proc.stdout_dropped, stderr_dropped=proc.stderr_dropped, **managed)
+            stdout_dropped=proc.stdout_dropped, stderr_dropped=proc.stderr_dropped,
+            **({"managed_state": proc.managed_state} if proc.managed_state is not None else {}))
         if held_slot:
             self.admit()  # the slot it held is free
         return self.tasks.spawn(self.finished(proc, commit))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
-from collections.abc import Awaitable
 from typing import Any
 
 from .. import oskit
@@ -67,30 +66,20 @@ class Trees:
         are added to it. Returns it.
         """
         leader_reaped = child.exited.done()
-        tree = None
         if not leader_reaped and child.kept:
             try:
-                delivery = self._keeper.signal_soon(child.id, sig, group=True)
+                # False: it exited and was reaped (its exit event is on the way); its pid
+                # may be anyone's already, so its tree is no longer walked by parent links.
+                leader_reaped = not await self._keeper.signal(child.id, sig, group=True)
             except KeeperGone:
                 leader_reaped = not self._signal_verified(child, sig)
-            else:
-                # The tree is read while the keeper signals the leader (the leader's
-                # signal still comes first: its members are signalled below). Reading it
-                # before the leader is signalled is safe: the walk checks the leader's
-                # start ticks, members are held by verified pidfds, and what is forked
-                # after the read is caught by the late-orphan passes, as before.
-                try:
-                    tree = self._tree(child, False)
-                finally:
-                    leader_reaped = await self._leader_reaped(child, sig, delivery)
+            except KeeperError:
+                leader_reaped = True
         elif not leader_reaped:  # adopted: reaped by someone else, so no killpg by pid
             oskit.pidfd_signal(child.pidfd, sig)
-        if leader_reaped or child.exited.done() or tree is None:
-            # reaped (its exit event is on the way): its pid may be anyone's already,
-            # so its tree is no longer walked by parent links.
-            tree = self._tree(child, leader_reaped or child.exited.done())
+        leader_reaped = leader_reaped or child.exited.done()
         ours = self._children.by_pid
-        for info in tree:
+        for info in self._tree(child, leader_reaped):
             if info.pid not in known and info.pid not in ours:
                 fd = oskit.open_verified_pidfd(info.pid, info.start_ticks)
                 if fd is not None:
@@ -98,16 +87,6 @@ class Trees:
         for fd in known.values():
             oskit.pidfd_signal(fd, sig)
         return known
-
-    async def _leader_reaped(self, child: Child, sig: int, delivery: Awaitable[bool]) -> bool:
-        """The keeper's answer to a leader's signal: True if it had exited and been reaped
-        (its exit event is on the way). The keeper gone meanwhile: signalled by verified pidfd."""
-        try:
-            return not await delivery
-        except KeeperGone:
-            return not self._signal_verified(child, sig)
-        except KeeperError:
-            return True
 
     @staticmethod
     def _signal_verified(child: Child, sig: int) -> bool:

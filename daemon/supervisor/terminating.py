@@ -65,13 +65,11 @@ class Terminating:
         self._children = runner.children
         self._log = runner.log
 
-    async def stop(self, proc: Process, grace: float | None, sig: int, escalate: bool,
-                   durable: bool = True) -> Process:
+    async def stop(self, proc: Process, grace: float | None, sig: int, escalate: bool) -> Process:
         """Kill/stop a live record: queued → idle/canceled; running → terminating.
 
         Returns the record as the kill left it (terminating, or idle/canceled once
-        committed). Conflict when it is already terminating (or idle). ``durable=False``:
-        ``terminating`` is committed unsynced (the caller answers once idle is committed).
+        committed). Conflict when it is already terminating (or idle).
         """
         runner = self._runner
         if proc.state not in STOPPABLE:
@@ -83,7 +81,7 @@ class Terminating:
             raise Conflict(f"process {proc.id} is already being stopped: "
                            "its start could not be recorded")
         grace = runner.grace_of(proc) if grace is None else grace
-        commit = self.begin(proc, StopReason.KILL, grace if escalate else None, sig, durable)
+        commit = self.begin(proc, StopReason.KILL, grace if escalate else None, sig)
         snapshot = proc.copy()
         try:
             await asyncio.shield(commit)
@@ -127,7 +125,7 @@ class Terminating:
             self.begin(proc, StopReason.TIMEOUT, runner.grace_of(proc), signal.SIGTERM)
 
     def begin(self, proc: Process, reason: StopReason, grace: float | None,
-              sig: int, durable: bool = True) -> asyncio.Future[None]:
+              sig: int) -> asyncio.Future[None]:
         """Commit ``terminating``, then (in an owned task) signal and escalate.
 
         A grace of 0 means no grace at all: the first signal is SIGKILL. A grace
@@ -144,8 +142,8 @@ class Terminating:
         proc.stop_reason, proc.stop_requested_at = reason, now_iso()
         proc.stop_grace, proc.stop_signal = grace, oskit.signal_name(sig)
         commit = runner.write(
-            proc, durable=durable, state=proc.state, stop_reason=reason,
-            stop_requested_at=proc.stop_requested_at, stop_grace=grace, stop_signal=proc.stop_signal)
+            proc, state=proc.state, stop_reason=reason, stop_requested_at=proc.stop_requested_at,
+            stop_grace=grace, stop_signal=proc.stop_signal)
         runner.tasks.spawn(self.run(proc, commit, sig, grace, (before, child)))
         return commit
 

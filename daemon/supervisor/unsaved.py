@@ -73,18 +73,15 @@ class UnsavedRecords:
     def ids(self) -> list[int]:
         return sorted(self._records)
 
-    def write(self, proc: Process, *, durable: bool = True, **fields: Any) -> asyncio.Future[None]:
+    def write(self, proc: Process, **fields: Any) -> asyncio.Future[None]:
         """Queue a write of ``proc``'s fields; awaiting it raises if it failed.
-
-        ``durable=False`` commits it without an fsync of its own (Registry.update_unsynced).
 
         A failed write leaves memory ahead of SQLite: the record is marked unsaved
         and written again until it commits. Callers that must refuse or undo (a
         kill, an admission, a pid) also see the failure.
         """
         try:
-            update = self._registry.update if durable else self._registry.update_unsynced
-            future = update(proc.id, **fields)
+            future = self._registry.update(proc.id, **fields)
         except RegistryError as exc:  # the registry is closed
             future = asyncio.get_running_loop().create_future()
             future.set_exception(exc)

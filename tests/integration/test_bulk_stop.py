@@ -316,7 +316,7 @@ async def test_kill_with_a_short_wait_is_a_408_with_the_terminating_record(clien
     body = await response.json()
     assert body["id"] == record["id"] and body["state"] == "terminating"
     assert alive(record["pid"]), "it ignores SIGTERM and its grace is long: the stop goes on"
-    # what a 408 shows is committed (the stop's write is synced before it answers)
+    # what a 408 shows is committed
     assert committed_states(client.config.database_path)[record["id"]] == ("terminating", None)
     final = await client.supervisor.force_kill(record["id"])
     assert final.state is State.IDLE and not alive(record["pid"])
@@ -376,8 +376,7 @@ async def test_stops_that_cannot_be_recorded_are_a_503_and_undone(
     assert (await get(client, queued["id"]))["state"] == "queued"
     assert client.supervisor.queue_length == 1, "the queued one is back in its place"
 
-    # The one-round-trip stop commits terminating without an fsync of its own; a refused
-    # write is refused all the same: 503, nothing signalled, still running.
+    # The one-round-trip stop keeps the same promise: 503, nothing signalled, still running.
     response = await client.post(f"/processes/{running['id']}/signals/kill", params={"wait": "10"})
     assert response.status == 503, await response.text()
     assert f"process {running['id']} was not stopped" in (await response.json())["error"]

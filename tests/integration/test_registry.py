@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sqlite3
-import subprocess
-import sys
 from contextlib import closing
 from pathlib import Path
 
@@ -180,55 +177,3 @@ async def test_a_full_disk_fails_the_batch_with_a_storage_error(tmp_path: Path) 
         with closing(sqlite3.connect(fs.root / "r.db")) as conn, conn:
             assert conn.execute("SELECT ref, error FROM processes ORDER BY id").fetchall() == \
                 [("before", None), ("after", None)]
-
-
-# --- unsynced writes: committed at once, synced by the next durable commit (issue 21) ---
-
-async def test_an_unsynced_update_is_committed_and_refused_like_any_other(tmp_path: Path) -> None:
-    with small_fs(tmp_path / "fs") as fs:
-        registry = await Registry.open(fs.root / "r.db")
-        try:
-            kept = await registry.insert(_row(ref="kept"))
-            await registry.update_unsynced(kept, error="unsynced")
-            mixed = [registry.update_unsynced(kept, exit_code=3), registry.update(kept, pid=42)]
-            await asyncio.gather(*mixed)   # one turn, one batch: committed with an fsync
-            with closing(sqlite3.connect(fs.root / "r.db")) as conn, conn:
-                assert conn.execute("SELECT error, exit_code, pid FROM processes").fetchall() == \
-                    [("unsynced", 3, 42)]
-            fs.fill()
-            with pytest.raises(StorageError):   # a full disk refuses it before COMMIT returns
-                await registry.update_unsynced(kept, error="during")
-        finally:
-            await registry.close()
-
-
-_SYNCS = """
-import asyncio, sys
-from pathlib import Path
-from daemon.model import State, now_iso
-from daemon.registry import Registry
-async def main(path, unsynced):
-    registry = await Registry.open(path)
-    row = await registry.insert({"state": State.QUEUED, "argv": ["true"], "env": {},
-                                 "created_at": now_iso()})
-    for i in range(5):
-        update = registry.update_unsynced if unsynced else registry.update
-        await update(row, error=str(i))          # one commit each
-        await registry.insert({"state": State.QUEUED, "argv": ["true"], "env": {},
-                               "created_at": now_iso()}, durable=not unsynced)
-    await registry.update(row, error="done")     # durable: syncs all of the above
-    await registry.close()
-asyncio.run(main(Path(sys.argv[1]), sys.argv[2] == "unsynced"))
-"""
-
-
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to count fsyncs")
-def test_unsynced_commits_skip_their_own_fsync(tmp_path: Path) -> None:
-    counts = {}
-    for mode in ("durable", "unsynced"):
-        trace = tmp_path / f"{mode}.strace"
-        subprocess.run(["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync", "-o", str(trace),
-                        sys.executable, "-c", _SYNCS, str(tmp_path / f"{mode}.db"), mode],
-                       check=True, capture_output=True, timeout=60, cwd=Path(__file__).parents[2])
-        counts[mode] = sum(1 for line in trace.read_text().splitlines() if "sync(" in line)
-    assert counts["durable"] - counts["unsynced"] >= 10, counts

@@ -285,9 +285,8 @@ async def test_a_pid_that_cannot_be_recorded_stops_the_child(make_daemon: Any) -
 
 
 async def test_a_start_is_answered_once_what_it_shows_is_committed(client: Any) -> None:
-    """A start that runs at once is inserted without an fsync of its own (the commit of its
-    pid, which the answer waits for, syncs both): what the 201 shows is in SQLite when it
-    arrives, for a child that runs and for one that cannot start."""
+    """What a start's 201 shows is in SQLite when it arrives, for a child that runs (its pid)
+    and for one that cannot start (its failed end)."""
     db = client.config.database_path
     response = await client.post("/processes", json={"argv": ["sleep", "300"]})
     assert response.status == 201, await response.text()
