@@ -33,6 +33,15 @@ so all non-blocking): the output stream's (closed at EOF: ``EIO`` once every
 slave fd is closed), the stdin writer's (written like a stdin pipe, closed by
 ``stdin_close``, which sends nothing to the terminal: a program wanting EOF is
 sent ``^D``), and the control one, kept until the exit, for ``resize``.
+
+A child's start ticks (field 22 of ``/proc/<pid>/stat``, its identity beside the
+pid) are the fork's ``CLOCK_BOOTTIME`` in clock ticks. The keeper reads that clock
+before and after ``Popen``: when both readings fall in the same tick (about 97% of
+spawns at 100 ticks a second), that tick is the child's and /proc is not read.
+Reading /proc right after a spawn was the keeper's costliest step in a churn of
+short children: the read holds a reference to the child's memory map, and when the
+child exits meanwhile the reader pays for tearing it down (p50 60 µs, p90 0.7 ms
+in B4). Across a tick boundary, /proc is read as before.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ import signal
 import struct
 import subprocess
 import termios
+import time
 from typing import Any
 
 from .protocol import STDIN_BUFFER, RequestError
@@ -164,6 +174,18 @@ class Child:
         return True
 
 
+_NS_PER_TICK, _EXACT = divmod(1_000_000_000, os.sysconf("SC_CLK_TCK"))
+
+
+def ticks_between(after_ns: int, before_ns: int) -> int | None:
+    """The start ticks of a child forked between two CLOCK_BOOTTIME readings, if both fall
+    in one tick (the kernel's ``nsec_to_clock_t`` of the fork's boot time), else None."""
+    if _EXACT != 0:   # a tick rate that does not divide a second: the kernel rounds otherwise
+        return None
+    first, last = after_ns // _NS_PER_TICK, before_ns // _NS_PER_TICK
+    return first if first == last else None
+
+
 def start_ticks(pid: int) -> int | None:
     """Field 22 of /proc/<pid>/stat: the kernel's start time, the child's identity."""
     try:
@@ -239,6 +261,7 @@ def spawn(child_id: int, argv: list[str], env: dict[str, str], cwd: str | None, 
             ours.append(stdin_write)
             os.set_blocking(stdin_write, False)
         try:
+            forked_after = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL if stdin_read is None else stdin_read,
                 stdout=child_ends.get("stdout", subprocess.DEVNULL),
@@ -264,7 +287,9 @@ def spawn(child_id: int, argv: list[str], env: dict[str, str], cwd: str | None, 
     finally:
         for fd in held:
             os.close(fd)
+    forked_before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
     proc.returncode = 0   # disarm Popen.__del__: the keeper's loop is the only reaper
     pidfd = os.pidfd_open(proc.pid)
-    return Child(child_id, proc.pid, pidfd, start_ticks(proc.pid),
+    ticks = ticks_between(forked_after, forked_before)
+    return Child(child_id, proc.pid, pidfd, start_ticks(proc.pid) if ticks is None else ticks,
                  StdinPipe(stdin_write) if stdin_write is not None else None, streams, control)

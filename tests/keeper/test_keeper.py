@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from daemon.keeper.children import ticks_between
 from daemon.keeper.client import (
     ExitEvent,
     KeeperClient,
@@ -397,3 +398,30 @@ async def test_children_start_with_default_signal_dispositions(start_keeper: Any
         assert (await next_exit(client)).signal == signal.SIGHUP
     finally:
         keeper.cleanup()
+
+
+async def test_start_ticks_are_the_kernels_whether_or_not_a_spawn_straddles_a_tick(
+        start_keeper: Any, connect: Any) -> None:
+    """The keeper takes a child's start ticks from CLOCK_BOOTTIME read around the fork when
+    both readings fall in one tick, else from /proc: either way they are /proc's own."""
+    keeper = start_keeper()
+    client = await connect(keeper)
+    spawned = [await client.spawn(n, ["sleep", "100"], ENV) for n in range(1, 151)]
+    try:
+        for child in spawned:
+            with open(f"/proc/{child.pid}/stat", "rb") as handle:
+                data = handle.read()
+            assert child.start_ticks == int(data[data.rindex(b")") + 2:].split()[19])
+    finally:
+        for n in range(1, 151):
+            await client.signal(n, signal.SIGKILL)
+        ended: set[int] = set()
+        while len(ended) < 150:
+            ended.add((await next_exit(client)).id)
+        await client.ack(range(1, 151))
+
+
+def test_ticks_between_two_readings_are_known_only_within_one_tick() -> None:
+    tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    assert ticks_between(5 * tick, 5 * tick + tick - 1) == 5
+    assert ticks_between(5 * tick + tick - 1, 6 * tick) is None   # straddles: /proc is read
