@@ -36,7 +36,7 @@ sent ``^D``), and the control one, kept until the exit, for ``resize``.
 
 A child's start ticks (field 22 of ``/proc/<pid>/stat``, its identity beside the
 pid) are the fork's ``CLOCK_BOOTTIME`` in clock ticks. The keeper reads that clock
-before and after ``Popen``: when both readings fall in the same tick (about 97% of
+before and after ``Popen``: when both readings fall in the same tick (about 96% of
 spawns at 100 ticks a second), that tick is the child's and /proc is not read.
 Reading /proc right after a spawn was the keeper's costliest step in a churn of
 short children: the read holds a reference to the child's memory map, and when the
@@ -177,12 +177,12 @@ class Child:
 _NS_PER_TICK, _EXACT = divmod(1_000_000_000, os.sysconf("SC_CLK_TCK"))
 
 
-def ticks_between(after_ns: int, before_ns: int) -> int | None:
+def ticks_between(not_before_ns: int, not_after_ns: int) -> int | None:
     """The start ticks of a child forked between two CLOCK_BOOTTIME readings, if both fall
     in one tick (the kernel's ``nsec_to_clock_t`` of the fork's boot time), else None."""
     if _EXACT != 0:   # a tick rate that does not divide a second: the kernel rounds otherwise
         return None
-    first, last = after_ns // _NS_PER_TICK, before_ns // _NS_PER_TICK
+    first, last = not_before_ns // _NS_PER_TICK, not_after_ns // _NS_PER_TICK
     return first if first == last else None
 
 
@@ -261,7 +261,7 @@ def spawn(child_id: int, argv: list[str], env: dict[str, str], cwd: str | None, 
             ours.append(stdin_write)
             os.set_blocking(stdin_write, False)
         try:
-            forked_after = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+            forked_not_before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL if stdin_read is None else stdin_read,
                 stdout=child_ends.get("stdout", subprocess.DEVNULL),
@@ -287,9 +287,9 @@ def spawn(child_id: int, argv: list[str], env: dict[str, str], cwd: str | None, 
     finally:
         for fd in held:
             os.close(fd)
-    forked_before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    forked_not_after = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
     proc.returncode = 0   # disarm Popen.__del__: the keeper's loop is the only reaper
     pidfd = os.pidfd_open(proc.pid)
-    ticks = ticks_between(forked_after, forked_before)
+    ticks = ticks_between(forked_not_before, forked_not_after)
     return Child(child_id, proc.pid, pidfd, start_ticks(proc.pid) if ticks is None else ticks,
                  StdinPipe(stdin_write) if stdin_write is not None else None, streams, control)

@@ -34,29 +34,30 @@ class Exits:
         with it. An exit of a record that is no longer live was committed before:
         it is only acknowledged.
         """
+        runner = self._runner
         status = oskit.ExitStatus(code=event.code, signal=event.signal)
-        proc = self._runner.table.get(event.id)
+        proc = runner.table.get(event.id)
         if proc is None:
-            if self._runner.unsaved.get(event.id) is None:   # committed: the keeper may forget it
-                self._runner.keeper.ack_soon(event.id)
+            if runner.unsaved.get(event.id) is None:   # committed: the keeper may forget it
+                runner.keeper.ack_soon(event.id)
             return
         if proc.state not in ACTIVE:
             return   # its end is being committed; acknowledged then (finished)
         proc.stdout_dropped = max(proc.stdout_dropped, event.stdout_dropped)
         proc.stderr_dropped = max(proc.stderr_dropped, event.stderr_dropped)
         if event.stdout_lost or event.stderr_lost:
-            self._runner.log.warning("process.output_lost", process_id=event.id,
-                             stdout_lost=event.stdout_lost, stderr_lost=event.stderr_lost)
-        self._runner.from_keeper.add(event.id)
-        if self._runner.children.keeper_exit(event.id, status):
+            runner.log.warning("process.output_lost", process_id=event.id,
+                               stdout_lost=event.stdout_lost, stderr_lost=event.stderr_lost)
+        runner.from_keeper.add(event.id)
+        if runner.children.keeper_exit(event.id, status):
             return
-        if event.id in self._runner.spawning:
-            self._runner.children.hold_exit(event.id, status)   # its spawn reply is being handled
+        if event.id in runner.spawning:
+            runner.children.hold_exit(event.id, status)   # its spawn reply is being handled
         elif proc.managed is not None and proc.pid == event.pid:
             # A managed run's exit replayed (a new keeper's listing) after the daemon settled
             # it: its next run waits on this ack (the keeper holds the id until then).
-            self._runner.from_keeper.discard(event.id)
-            self._runner.keeper.ack_soon(event.id)
+            runner.from_keeper.discard(event.id)
+            runner.keeper.ack_soon(event.id)
 
     def on_exit(self, child: Child, status: oskit.ExitStatus | None) -> None:
         """A leader the daemon watches itself (adopted, or its keeper lost) exited."""
