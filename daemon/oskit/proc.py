@@ -145,17 +145,23 @@ def _task_children(pid: int | str, tid: int | str) -> list[int]:
 def descendants(pid: int, not_before: int) -> list[ProcInfo]:
     """Every descendant of ``pid`` by parent links, started no earlier than ``not_before`` ticks.
 
-    ``pid`` must still be the process that started at ``not_before`` (checked before
-    and after the walk): a recycled pid's children are a stranger's. Nothing when the
-    start ticks are unknown (negative).
+    ``pid`` must still be the process that started at ``not_before`` (checked after its
+    children are read and after the walk): a recycled pid's children are a stranger's.
+    Nothing when the start ticks are unknown (negative). A pid with no children needs
+    no check at all (an empty answer names nobody): most leaders stopped have none, and
+    the two reads of its stat were most of a stop's walk.
     """
-    if not_before < 0 or start_ticks(pid) != not_before:
+    if not_before < 0:
+        return []
+    first = children_of(pid)
+    if not first or start_ticks(pid) != not_before:
         return []
     found: list[ProcInfo] = []
     frontier = [pid]
     seen = {pid}
     while frontier:
-        for child in children_of(frontier.pop()):
+        parent = frontier.pop()
+        for child in first if parent == pid else children_of(parent):
             info = proc_info(child)
             if child in seen or info is None or info.start_ticks < not_before:
                 continue
