@@ -14,10 +14,6 @@ same metrics, which the tests check with its own parser: the same content type
 series (omitted when ``PROMETHEUS_DISABLE_CREATED_SERIES`` is true, as it
 does), cumulative ``le`` buckets, and floats written as Go writes them. Every
 call comes from the event loop's thread, so nothing is locked.
-
-Seeing every request and every committed change, Metrics also tells
-:mod:`daemon.quiet` when the daemon is active, so that the heap is trimmed once
-it goes quiet.
 """
 
 from __future__ import annotations
@@ -27,7 +23,6 @@ import os
 import time
 
 from .model import Process, State, iso_to_epoch
-from .quiet import TrimWhenQuiet
 
 CONTENT_TYPE = "text/plain; version=1.0.0; charset=utf-8"   # of what render() returns
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -158,7 +153,6 @@ class Metrics:
             self.processes, self.queue_length, self.registry_size, self.started, self.exited,
             self.spawn_latency, self.stop_latency, self.http_requests)
         self._request_counters: dict[tuple[str, str, int], list[float]] = {}
-        self.quiet = TrimWhenQuiet()
 
     def count_request(self, method: str, route: str, status: int) -> None:
         """One HTTP request. The labelled child is looked up once per (method, route, status)."""
@@ -167,11 +161,9 @@ class Metrics:
         if counter is None:
             counter = self._request_counters[key] = self.http_requests.labels(method, route, str(status))
         counter[0] += 1.0
-        self.quiet.touch()
 
     def observe(self, record: Process) -> None:
         """Listener for committed state changes."""
-        self.quiet.touch()
         if record.state is State.RUNNING:
             self.started.inc()
         elif record.state is State.IDLE and record.exit_state is not None:

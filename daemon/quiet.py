@@ -6,10 +6,10 @@ nothing has happened for ``delay`` seconds, never while requests come in.
 
 The cost on the hot path is one integer increment, plus one timer armed on the
 first activity after a quiet spell. While busy, the timer looks again every
-``delay`` seconds; an idle daemon has no timer at all (no wake-ups). Activity is
-told by :class:`daemon.metrics.Metrics`, which already sees every HTTP request
-and every committed state change. Outside a running event loop (a unit test
-feeding metrics directly) nothing is armed.
+``delay`` seconds; an idle daemon has no timer at all (no wake-ups). The
+supervisor tells it of activity: every committed state change (:meth:`observe`
+is one of its listeners) and every HTTP request answered (``Supervisor.served``).
+Outside a running event loop nothing is armed.
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ class TrimWhenQuiet:
                 return
             self._seen = self._activity
             self._timer = loop.call_later(self.delay, self._check, loop)
+
+    def observe(self, _record: object) -> None:
+        """Listener for committed state changes: activity."""
+        self.touch()
 
     def _check(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._activity != self._seen:   # still busy: look again later

@@ -266,7 +266,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
                 response.headers.update(decision.headers())
     route = request.match_info.route.resource
     template = route.canonical if route is not None else "unmatched"
-    request.app[SUPERVISOR].metrics.count_request(request.method, template, response.status)
+    request.app[SUPERVISOR].served(request.method, template, response.status)
     return response
 
 

@@ -163,7 +163,10 @@ def descendants(pid: int, not_before: int) -> list[ProcInfo]:
         parent = frontier.pop()
         for child in first if parent == pid else children_of(parent):
             info = proc_info(child)
-            if child in seen or info is None or info.start_ticks < not_before:
+            # Still the parent's: a listed child reaped meanwhile and its pid taken by a
+            # newcomer started after not_before is a stranger (its own ticks check it out).
+            if child in seen or info is None or info.start_ticks < not_before or \
+                    info.ppid != parent:
                 continue
             seen.add(child)
             found.append(info)

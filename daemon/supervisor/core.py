@@ -26,6 +26,7 @@ from ..keeper.client import KeeperError
 from ..metrics import Metrics
 from ..model import ACTIVE, SETTLED, STOPPABLE, ExitState, Process, StartSpec, State, StopReason
 from ..output import OutputStore
+from ..quiet import TrimWhenQuiet
 from ..registry import Registry
 from .bulk import BulkStops
 from .calls import ProcessCalls
@@ -55,8 +56,10 @@ class Supervisor(ProcessCalls):
         self.log = structlog.get_logger("stablehand.supervisor")
         self.events = EventHub()
         self.metrics = Metrics()
+        self.quiet = TrimWhenQuiet()        # the C heap trimmed once the daemon goes quiet
         self.closing = asyncio.Event()      # set when shutdown begins: open streams end then
-        self._listeners: list[Listener] = [self.events.publish, self.metrics.observe]
+        self._listeners: list[Listener] = [self.events.publish, self.metrics.observe,
+                                           self.quiet.observe]
         self._table = ProcessTable(config.max_concurrent)
         self._unsaved = UnsavedRecords(registry, self.log)   # memory ahead of SQLite
         self._tasks = Tasks(self.log)
@@ -132,7 +135,12 @@ class Supervisor(ProcessCalls):
         for child in self._children.all():
             self._children.forget(child)
         await self._unsaved.close()
-        self.metrics.quiet.close()   # no heap-trim timer left on a loop that is ending
+        self.quiet.close()   # no heap-trim timer left on a loop that is ending
+
+    def served(self, method: str, route: str, status: int) -> None:
+        """An HTTP request was answered: counted for /metrics, and the daemon is not quiet."""
+        self.metrics.count_request(method, route, status)
+        self.quiet.touch()
 
     # --- queries ---------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from daemon.keeper import children
 from daemon.keeper.children import ticks_between
 from daemon.keeper.client import (
     ExitEvent,
@@ -425,3 +426,22 @@ def test_ticks_between_two_readings_are_known_only_within_one_tick() -> None:
     tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
     assert ticks_between(5 * tick, 5 * tick + tick - 1) == 5
     assert ticks_between(5 * tick + tick - 1, 6 * tick) is None   # straddles: /proc is read
+
+
+def test_a_spawn_across_a_tick_boundary_reads_its_start_ticks_from_proc(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The readings around the fork straddle a tick (forced here: it happens to about 4% of
+    spawns on its own): the keeper falls back to /proc, and still has the kernel's ticks."""
+    tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    readings = iter([7 * tick + tick - 1, 8 * tick])
+    monkeypatch.setattr(children.time, "clock_gettime_ns", lambda clock: next(readings))
+    child = children.spawn(1, ["sleep", "100"], ENV, str(tmp_path), "null",
+                           {"stdout": None, "stderr": None}, None)
+    try:
+        with open(f"/proc/{child.pid}/stat", "rb") as handle:
+            data = handle.read()
+        assert child.start_ticks == int(data[data.rindex(b")") + 2:].split()[19]) != 7
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        os.waitpid(child.pid, 0)
+        os.close(child.pidfd)

@@ -59,7 +59,7 @@ def test_outside_an_event_loop_nothing_is_armed() -> None:
 
 @glibc
 async def test_the_daemon_trims_its_heap_after_requests(client: Any) -> None:
-    quiet = client.supervisor.metrics.quiet
+    quiet = client.supervisor.quiet
     before = quiet.trims
     for _ in range(5):
         assert (await client.get("/healthz")).status == 200
