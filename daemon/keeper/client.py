@@ -94,6 +94,8 @@ def _loads(line: bytes) -> Any:
         return orjson.loads(line)
     except ValueError:
         return json.loads(line)
+
+
 _PEERCRED = struct.Struct("3i")
 
 

@@ -157,11 +157,11 @@ def descendants(pid: int, not_before: int) -> list[ProcInfo]:
     if not first or start_ticks(pid) != not_before:
         return []
     found: list[ProcInfo] = []
-    frontier = [pid]
+    frontier = [(pid, first)]   # (a parent, its children as read)
     seen = {pid}
     while frontier:
-        parent = frontier.pop()
-        for child in first if parent == pid else children_of(parent):
+        parent, listed = frontier.pop()
+        for child in listed:
             info = proc_info(child)
             # Still the parent's: a listed child reaped meanwhile and its pid taken by a
             # newcomer started after not_before is a stranger (its own ticks check it out).
@@ -170,7 +170,7 @@ def descendants(pid: int, not_before: int) -> list[ProcInfo]:
                 continue
             seen.add(child)
             found.append(info)
-            frontier.append(child)
+            frontier.append((child, children_of(child)))
     return found if start_ticks(pid) == not_before else []
 
 

@@ -176,11 +176,18 @@ class KeeperLink:
         self._acks.append(process_id)
 
     def _send_acks(self) -> None:
-        self._ack_timer = None
-        ids, self._acks = self._acks, []
-        if ids and self._client is not None and not self._client.closed:
-            task = self._loop.create_task(self._client.ack(ids))
+        ids = self._take_acks()
+        if ids:
+            task = self._loop.create_task(self.client.ack(ids))
             task.add_done_callback(self._acked)
+
+    def _take_acks(self) -> list[int]:
+        """The acks waiting (their timer disarmed), if a keeper is connected to take them."""
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        ids, self._acks = self._acks, []
+        return ids if self._client is not None and not self._client.closed else []
 
     def _acked(self, task: asyncio.Task[Any]) -> None:
         error = None if task.cancelled() else task.exception()
@@ -198,13 +205,10 @@ class KeeperLink:
 
     async def _flush_acks(self) -> None:
         """The acks still waiting for ACK_DELAY, sent now (at most a second's wait)."""
-        if self._ack_timer is not None:
-            self._ack_timer.cancel()
-            self._ack_timer = None
-        ids, self._acks = self._acks, []
-        if ids and self._client is not None and not self._client.closed:
+        ids = self._take_acks()
+        if ids:
             try:
-                await asyncio.wait_for(self._client.ack(ids), 1.0)
+                await asyncio.wait_for(self.client.ack(ids), 1.0)
             except (KeeperError, TimeoutError):
                 pass   # delivered again to the next daemon, and handled by id
 

@@ -117,8 +117,6 @@ async def _error(response: Any, status: int, code: str) -> str:
     return str(body["error"])
 
 
-
-
 # --- start bodies ------------------------------------------------------------------------------
 
 async def test_start_as_the_python_sdk_sends_it(client: Any) -> None:

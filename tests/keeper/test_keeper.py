@@ -401,6 +401,13 @@ async def test_children_start_with_default_signal_dispositions(start_keeper: Any
         keeper.cleanup()
 
 
+def _proc_start_ticks(pid: int) -> int:
+    """Field 22 of /proc/<pid>/stat, read here rather than by the code under test."""
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        data = handle.read()
+    return int(data[data.rindex(b")") + 2:].split()[19])
+
+
 async def test_start_ticks_are_the_kernels_whether_or_not_a_spawn_straddles_a_tick(
         start_keeper: Any, connect: Any) -> None:
     """The keeper takes a child's start ticks from CLOCK_BOOTTIME read around the fork when
@@ -410,9 +417,7 @@ async def test_start_ticks_are_the_kernels_whether_or_not_a_spawn_straddles_a_ti
     spawned = [await client.spawn(n, ["sleep", "100"], ENV) for n in range(1, 151)]
     try:
         for child in spawned:
-            with open(f"/proc/{child.pid}/stat", "rb") as handle:
-                data = handle.read()
-            assert child.start_ticks == int(data[data.rindex(b")") + 2:].split()[19])
+            assert child.start_ticks == _proc_start_ticks(child.pid)
     finally:
         for n in range(1, 151):
             await client.signal(n, signal.SIGKILL)
@@ -438,9 +443,7 @@ def test_a_spawn_across_a_tick_boundary_reads_its_start_ticks_from_proc(
     child = children.spawn(1, ["sleep", "100"], ENV, str(tmp_path), "null",
                            {"stdout": None, "stderr": None}, None)
     try:
-        with open(f"/proc/{child.pid}/stat", "rb") as handle:
-            data = handle.read()
-        assert child.start_ticks == int(data[data.rindex(b")") + 2:].split()[19]) != 7
+        assert child.start_ticks == _proc_start_ticks(child.pid) != 7
     finally:
         os.kill(child.pid, signal.SIGKILL)
         os.waitpid(child.pid, 0)
